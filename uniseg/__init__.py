@@ -1,4 +1,10 @@
-"""uniseg: UNI + ViT-Adapter + Mask2Former for histopathology segmentation."""
+"""uniseg: UNI + ViT-Adapter + Mask2Former for histopathology segmentation.
+
+Importing the package registers its models, datasets, transforms and engine parts in mmseg's
+registries, which is what ``custom_imports = dict(imports=['uniseg'])`` in a config relies on.
+"""
 from .version import __version__
+
+from . import engine, models  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["__version__"]

@@ -1,0 +1,3 @@
+from .optimizers import ViTLayerDecayOptimizerConstructor
+
+__all__ = ["ViTLayerDecayOptimizerConstructor"]

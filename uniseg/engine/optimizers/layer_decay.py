@@ -1,0 +1,87 @@
+"""Layer-wise learning-rate decay for timm ViTs inside a segmentor.
+
+Fine-tuning a pretrained ViT works best when early blocks move less than late ones (BEiT; ViT-Adapter
+uses a decay of 0.9 over 24 layers). mmseg's ``LayerDecayOptimizerConstructor`` only knows BEiT, MAE
+and ConvNeXt parameter names, so uniseg has its own for timm's names:
+
+* layer 0: ``patch_embed``, ``pos_embed``, ``cls_token``, ``reg_token`` of the encoder;
+* layer ``N + 1``: ``blocks.N``;
+* top layer (``depth + 1``, full learning rate): everything else (adapter, decode head).
+
+Parameter ``p`` of layer ``i`` gets ``lr = base_lr * decay ** (depth + 1 - i)``. Weight decay is zero for
+norms, biases, layer-scale factors (every 1-D parameter) and for embeddings named in ``no_decay_keys``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from torch import nn
+
+__all__ = ["ViTLayerDecayOptimizerConstructor", "vit_layer_id"]
+
+DEFAULT_NO_DECAY_KEYS = ("pos_embed", "cls_token", "reg_token", "level_embed", "query_embed", "query_feat",
+                         "level_encoding")
+_WRAPPER_PARTS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|module\.)")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.") -> int:
+    """Layer index of parameter ``name`` (``num_layers`` = depth + 2)."""
+    if not name.startswith(vit_prefix):
+        return num_layers - 1
+    local = name[len(vit_prefix):]
+    if local.startswith(("patch_embed.", "pos_embed", "cls_token", "reg_token")):
+        return 0
+    match = _BLOCK.match(local)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers - 1
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+    """``paramwise_cfg``: ``layer_decay_rate`` (0.9), ``num_layers`` (encoder depth; read from the model if
+    omitted), ``vit_prefix`` (``'backbone.vit.'``), ``no_decay_keys`` (see module docstring)."""
+
+    def add_params(self, params: List[dict], module: nn.Module, prefix: str = "", **kwargs) -> None:
+        cfg = self.paramwise_cfg
+        decay_rate = float(cfg.get("layer_decay_rate", 0.9))
+        vit_prefix = cfg.get("vit_prefix", "backbone.vit.")
+        depth = cfg.get("num_layers") or self._encoder_depth(module, vit_prefix)
+        num_layers = depth + 2
+        no_decay_keys: Sequence[str] = tuple(cfg.get("no_decay_keys", DEFAULT_NO_DECAY_KEYS))
+        base_wd = self.base_wd or 0.0
+
+        groups: Dict[Tuple[int, bool], dict] = {}
+        for raw_name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            name = _WRAPPER_PARTS.sub("", raw_name)
+            layer = vit_layer_id(name, num_layers, vit_prefix)
+            no_decay = param.ndim == 1 or any(key in name for key in no_decay_keys)
+            group = groups.get((layer, no_decay))
+            if group is None:
+                scale = decay_rate ** (num_layers - 1 - layer)
+                group = groups[(layer, no_decay)] = dict(
+                    params=[], param_names=[], lr=self.base_lr * scale, lr_scale=scale,
+                    weight_decay=0.0 if no_decay else base_wd, layer_id=layer)
+            group["params"].append(param)
+            group["param_names"].append(name)
+        params.extend(groups[k] for k in sorted(groups))
+        print_log(f"ViTLayerDecayOptimizerConstructor: {len(groups)} parameter groups over {num_layers} layers, "
+                  f"decay {decay_rate}", logger="current")
+
+    @staticmethod
+    def _encoder_depth(module: nn.Module, vit_prefix: str) -> int:
+        path = vit_prefix.rstrip(".").split(".")
+        target: Optional[nn.Module] = module
+        for part in path:
+            target = getattr(target, part, None)
+            if target is None:
+                raise ValueError(f"paramwise_cfg.num_layers is not set and the model has no '{vit_prefix}' "
+                                 f"encoder to read the depth from")
+        return len(target.blocks)

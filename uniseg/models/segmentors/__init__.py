@@ -1,0 +1,3 @@
+from .encoder_decoder import UniEncoderDecoder
+
+__all__ = ["UniEncoderDecoder"]
