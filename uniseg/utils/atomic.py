@@ -19,15 +19,25 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["atomic_output", "atomic_output_dir"]
 
 
+def _default_mode(is_dir: bool) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if is_dir else 0o666) & ~umask
+
+
 def _temp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffix last so writers that dispatch on it (tifffile, cv2, np.save) behave.
     prefix = f".{path.stem}.partial-"
+    # mkdtemp/mkstemp create private (0700/0600) entries; the final output gets the usual permissions.
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    os.chmod(tmp, _default_mode(is_dir))
+    return tmp
 
 
 @contextlib.contextmanager
