@@ -1,0 +1,74 @@
+# BCSS breast tissue regions (Amgad et al., Bioinformatics 2019), 0.25 um/px, tiled to 1024 px,
+# grouped into the challenge's five main classes; outside_roi is 255 (ignored).
+# Convert the download first:
+#   python tools/dataset_converters/bcss.py 0_Public-data-Amgad2019_0.25MPP data/bcss
+
+dataset_type = 'HistologySegDataset'
+data_root = 'data/bcss'
+mpp = 0.25
+metainfo = dict(
+    classes=('tumor', 'stroma', 'inflammatory', 'necrosis', 'other'),
+    palette=[[213, 94, 0], [240, 228, 66], [0, 114, 178], [128, 128, 128], [0, 158, 115]])
+img_scale = (1024, 1024)  # (w, h) of a typical source tile: resize ratio 1.0 keeps native size
+crop_size = (512, 512)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
+    #     (once enabled, set img_scale to the resampled tile size)
+    dict(type='RandomResize', scale=img_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        ann_file='splits/train.txt',
+        data_prefix=dict(img_path='images', seg_map_path='masks'),
+        metainfo=metainfo,
+        mpp=mpp,
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        ann_file='splits/val.txt',
+        data_prefix=dict(img_path='images', seg_map_path='masks'),
+        metainfo=metainfo,
+        mpp=mpp,
+        pipeline=test_pipeline))
+test_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        ann_file='splits/test.txt',
+        data_prefix=dict(img_path='images', seg_map_path='masks'),
+        metainfo=metainfo,
+        mpp=mpp,
+        pipeline=test_pipeline))
+
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
+test_evaluator = val_evaluator

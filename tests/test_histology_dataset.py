@@ -1,0 +1,237 @@
+"""HistologySegDataset: metainfo/mpp resolution, load-time validation, and every base dataset config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pytest
+from mmengine import Config
+from PIL import Image
+
+import uniseg.datasets  # noqa: F401  (registers HistologySegDataset)
+from mmseg.registry import DATASETS
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_DATASETS = sorted((REPO / "configs" / "_base_" / "datasets").glob("*.py"))
+
+
+def write_layout(root: Path, splits: Dict[str, Sequence[str]], num_classes: int = 3, size=(40, 48),
+                 meta: Optional[dict] = None) -> Path:
+    """A tiny dataset in the uniseg layout: random RGB tiles and masks with labels 0..K-1 and 255."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "splits").mkdir()
+    height, width = size
+    for stems in splits.values():
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+            mask = rng.integers(0, num_classes, (height, width), dtype=np.uint8)
+            mask[0, 0] = 255
+            Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    for name, stems in splits.items():
+        (root / "splits" / f"{name}.txt").write_text("".join(f"{s}\n" for s in stems))
+    if meta is not None:
+        (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+META = {"classes": ["background", "a", "b"], "palette": [[0, 0, 0], [1, 2, 3], [4, 5, 6]], "mpp": 0.5}
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    return write_layout(tmp_path / "ds", {"train": ["t1", "t2"], "val": ["v1"]}, meta=META)
+
+
+def build(root: Path, **kwargs):
+    cfg = dict(type="HistologySegDataset", data_root=str(root), pipeline=[])
+    cfg.update(kwargs)
+    return DATASETS.build(cfg)
+
+
+def test_reads_classes_palette_and_mpp_from_meta_json(layout: Path) -> None:
+    ds = build(layout)
+    assert len(ds) == 2
+    assert ds.metainfo["classes"] == ("background", "a", "b")
+    assert [list(c) for c in ds.metainfo["palette"]] == META["palette"]
+    info = ds.get_data_info(1)
+    assert info["img_path"] == str(layout / "images" / "t2.png")
+    assert info["seg_map_path"] == str(layout / "masks" / "t2.png")
+    assert info["mpp"] == 0.5
+    assert ds.mpp == 0.5
+
+
+def test_val_split_and_config_overrides(layout: Path) -> None:
+    ds = build(layout, ann_file="splits/val.txt", mpp=0.25,
+               metainfo=dict(classes=("bg", "x", "y")))
+    assert len(ds) == 1
+    assert ds.get_data_info(0)["img_path"].endswith("v1.png")
+    assert ds.get_data_info(0)["mpp"] == 0.25
+    assert ds.metainfo["classes"] == ("bg", "x", "y")
+    # names differ from meta.json, so its palette is not borrowed: the default palette is used
+    assert [list(c) for c in ds.metainfo["palette"]] == [[0, 0, 0], [230, 159, 0], [86, 180, 233]]
+
+
+def test_config_classes_without_meta_json(tmp_path: Path) -> None:
+    root = write_layout(tmp_path / "ds", {"train": ["t1"]})
+    ds = build(root, metainfo=dict(classes=("bg", "fg", "other"), palette=[[1, 1, 1], [2, 2, 2], [3, 3, 3]]))
+    assert ds.metainfo["palette"] == [[1, 1, 1], [2, 2, 2], [3, 3, 3]]
+    assert ds.get_data_info(0)["mpp"] is None
+
+
+def test_meta_json_with_null_mpp_gives_none(tmp_path: Path) -> None:
+    root = write_layout(tmp_path / "ds", {"train": ["t1"]}, meta={**META, "mpp": None})
+    assert build(root).get_data_info(0)["mpp"] is None
+
+
+def test_absolute_ann_file_without_data_root_finds_meta_json(layout: Path) -> None:
+    ds = DATASETS.build(dict(type="HistologySegDataset", ann_file=str(layout / "splits" / "train.txt"),
+                             data_prefix=dict(img_path=str(layout / "images"), seg_map_path=str(layout / "masks")),
+                             pipeline=[]))
+    assert ds.metainfo["classes"] == ("background", "a", "b")
+    assert ds.get_data_info(0)["mpp"] == 0.5
+
+
+def test_no_classes_anywhere_names_the_root(tmp_path: Path) -> None:
+    root = write_layout(tmp_path / "ds", {"train": ["t1"]})
+    with pytest.raises(ValueError, match=str(root / "meta.json")):
+        build(root)
+
+
+def test_class_count_mismatch_with_meta_json(layout: Path) -> None:
+    with pytest.raises(ValueError, match="lists 3"):
+        build(layout, metainfo=dict(classes=("bg", "fg")))
+
+
+def test_palette_length_mismatch(layout: Path) -> None:
+    with pytest.raises(ValueError, match="palette has 2 colours for 3 classes"):
+        build(layout, metainfo=dict(classes=("bg", "a", "b"), palette=[[0, 0, 0], [1, 1, 1]]))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "0.5", True])
+def test_invalid_mpp(layout: Path, bad) -> None:
+    with pytest.raises(ValueError, match="mpp must be a positive number"):
+        build(layout, mpp=bad)
+
+
+def test_malformed_meta_json(layout: Path) -> None:
+    (layout / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match=str(layout / "meta.json")):
+        build(layout)
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_missing_file_for_listed_stem_names_the_path(layout: Path, folder: str) -> None:
+    (layout / folder / "t2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=str(layout / folder / "t2.png")):
+        build(layout)
+
+
+def test_empty_split_names_the_split_file(layout: Path) -> None:
+    (layout / "splits" / "val.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match=str(layout / "splits" / "val.txt")):
+        build(layout, ann_file="splits/val.txt")
+
+
+def test_missing_split_file(layout: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(layout / "splits" / "test.txt")):
+        build(layout, ann_file="splits/test.txt")
+
+
+def test_blank_lines_in_split_are_ignored(layout: Path) -> None:
+    (layout / "splits" / "train.txt").write_text("t1\n\n t2 \n")
+    assert len(build(layout)) == 2
+
+
+def test_without_split_file_lists_the_image_folder(layout: Path) -> None:
+    ds = build(layout, ann_file="")
+    assert len(ds) == 3
+    assert all(ds.get_data_info(i)["mpp"] == 0.5 for i in range(3))
+
+
+def test_pipeline_sample_from_raw_mmseg_transforms(layout: Path) -> None:
+    ds = build(layout, pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+                                 dict(type="PackSegInputs")])
+    sample = ds[0]
+    assert tuple(sample["inputs"].shape) == (3, 40, 48)
+    gt = sample["data_samples"].gt_sem_seg.data
+    assert tuple(gt.shape) == (1, 40, 48)
+    expected = np.asarray(Image.open(layout / "masks" / "t1.png"))
+    assert np.array_equal(gt[0].numpy(), expected)
+
+
+def test_tiff_tiles_via_suffixes(tmp_path: Path) -> None:
+    root = write_layout(tmp_path / "ds", {"train": ["t1"]}, meta=META)
+    for folder in ("images", "masks"):
+        png = root / folder / "t1.png"
+        with Image.open(png) as im:
+            im.save(root / folder / "t1.tif")
+        png.unlink()
+    ds = build(root, img_suffix=".tif", seg_map_suffix=".tif",
+               pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")])
+    assert ds.get_data_info(0)["img_path"].endswith("t1.tif")
+    sample = ds[0]
+    assert tuple(sample["inputs"].shape) == (3, 40, 48)
+    with Image.open(root / "masks" / "t1.tif") as im:
+        assert np.array_equal(sample["data_samples"].gt_sem_seg.data[0].numpy(), np.asarray(im))
+
+
+def test_mpp_reaches_the_resampling_transform(layout: Path) -> None:
+    """The contract with ResampleToMPP: the dataset's mpp (0.5 in meta.json, 0.25 here) drives the scale."""
+    ds = build(layout, mpp=0.25, pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+                                           dict(type="ResampleToMPP", target_mpp=0.5), dict(type="PackSegInputs")])
+    sample = ds[0]
+    assert tuple(sample["inputs"].shape) == (3, 20, 24)
+    assert tuple(sample["data_samples"].gt_sem_seg.data.shape) == (1, 20, 24)
+
+
+@pytest.mark.parametrize("config", BASE_DATASETS, ids=lambda p: p.stem)
+def test_base_config_loads(config: Path) -> None:
+    cfg = Config.fromfile(str(config))
+    # custom_imports (and every other runtime key) comes from default_runtime.py; a dataset base that
+    # repeated one would make mmengine reject any config inheriting both ("Duplicate key").
+    runtime = Config.fromfile(str(REPO / "configs" / "_base_" / "default_runtime.py"))
+    assert not set(cfg.keys()) & set(runtime.keys())
+    assert "uniseg" in runtime.custom_imports["imports"]
+    assert cfg.dataset_type == "HistologySegDataset"
+    assert len(cfg.metainfo["classes"]) == len(cfg.metainfo["palette"])
+    assert cfg.val_evaluator == dict(type="IoUMetric", iou_metrics=["mIoU", "mDice"])
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = cfg[loader]["dataset"]
+        assert dataset["type"] == "HistologySegDataset"
+        assert dataset["metainfo"] == cfg.metainfo and dataset["mpp"] == cfg.mpp
+    types = [t["type"] for t in cfg.train_pipeline]
+    assert types[:2] == ["LoadImageFromFile", "LoadAnnotations"] and types[-1] == "PackSegInputs"
+    assert "RandomCrop" in types and "RandomFlip" in types
+
+
+@pytest.mark.parametrize("config", BASE_DATASETS, ids=lambda p: p.stem)
+def test_base_config_pipelines_yield_packed_samples(config: Path, tmp_path: Path) -> None:
+    cfg = Config.fromfile(str(config))
+    crop_h, crop_w = cfg.crop_size
+    num_classes = len(cfg.metainfo["classes"])
+    size = (crop_h + 8, crop_w + 16)
+    root = write_layout(tmp_path / "ds", {"train": ["a", "b"], "val": ["c"], "test": ["d"]},
+                        num_classes=num_classes, size=size)
+    train_cfg = cfg.train_dataloader.dataset.copy()
+    train_cfg.data_root = str(root)
+    train = DATASETS.build(train_cfg)
+    assert len(train) == 2 and train.get_data_info(0)["mpp"] == cfg.mpp
+    sample = train[0]
+    _, h, w = sample["inputs"].shape
+    assert sample["inputs"].shape[0] == 3 and h <= crop_h and w <= crop_w
+    assert tuple(sample["data_samples"].gt_sem_seg.data.shape) == (1, h, w)
+    labels = set(np.unique(sample["data_samples"].gt_sem_seg.data.numpy()).tolist())
+    assert labels <= set(range(num_classes)) | {255}
+
+    for loader, stem in (("val_dataloader", "c"), ("test_dataloader", "d")):
+        eval_cfg = cfg[loader].dataset.copy()
+        eval_cfg.data_root = str(root)
+        ds = DATASETS.build(eval_cfg)
+        assert len(ds) == 1 and ds.get_data_info(0)["img_path"].endswith(f"{stem}.png")
+        packed = ds[0]
+        assert tuple(packed["inputs"].shape) == (3, *size)
+        assert tuple(packed["data_samples"].gt_sem_seg.data.shape) == (1, *size)

@@ -1,0 +1,44 @@
+"""Convert PanNuke folds to nucleus-type masks in the uniseg layout.
+
+Usage::
+
+    python tools/dataset_converters/pannuke.py pannuke/ data/pannuke \
+        [--train-folds 1] [--val-folds 2] [--test-folds 3] [--overwrite]
+
+SRC holds ``Fold 1/``, ``Fold 2/``, ``Fold 3/`` as extracted from the three archives. The default fold
+assignment is the PanNuke paper's first configuration. See :mod:`uniseg.datasets.converters.pannuke`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from uniseg.datasets.converters import ConversionError, convert_pannuke
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="folder holding the extracted 'Fold 1', 'Fold 2', 'Fold 3' folders")
+    parser.add_argument("out", help="output dataset folder")
+    parser.add_argument("--train-folds", type=int, nargs="+", default=[1], help="folds for training (default: 1)")
+    parser.add_argument("--val-folds", type=int, nargs="*", default=[2], help="folds for validation (default: 2)")
+    parser.add_argument("--test-folds", type=int, nargs="*", default=[3], help="folds for testing (default: 3)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        meta = convert_pannuke(args.src, args.out, train_folds=args.train_folds, val_folds=args.val_folds,
+                               test_folds=args.test_folds, overwrite=args.overwrite, progress=True)
+    except (ConversionError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {meta['split_counts']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
