@@ -1,0 +1,171 @@
+"""Tests for uniseg.io.slide: backend choice in open_slide, argument checks and white padding."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from uniseg.io import slide as slide_module
+from uniseg.io import open_slide
+from uniseg.io.plain import PlainImageReader
+from uniseg.io.tiff import TiffSlideReader
+from uniseg.utils.imageio import ImageReadError
+
+SVS = Path(__file__).resolve().parents[1] / "data" / "wsi" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def svs_path() -> Path:
+    if not SVS.is_file():
+        pytest.fail(f"test slide {SVS} is missing; see data/README.md for how to re-obtain it")
+    return SVS
+
+
+@pytest.fixture
+def no_openslide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin the environment to 'OpenSlide not installed' whatever the machine has."""
+    monkeypatch.setitem(sys.modules, "openslide", None)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+
+
+def test_svs_opens_with_tifffile_without_openslide(svs_path: Path, no_openslide: None) -> None:
+    assert not slide_module.openslide_available()
+    with open_slide(svs_path) as reader:
+        assert isinstance(reader, TiffSlideReader)
+        assert reader.dimensions == (2220, 2967)
+
+
+@pytest.mark.parametrize("name, fmt", [("a.png", "PNG"), ("b.bmp", "BMP")])
+def test_plain_formats_open_with_pillow(tmp_path: Path, image: np.ndarray, name: str, fmt: str) -> None:
+    path = tmp_path / name
+    Image.fromarray(image).save(path, format=fmt)
+    with open_slide(path) as reader:
+        assert isinstance(reader, PlainImageReader)
+        np.testing.assert_array_equal(reader.read_region(0, 0, 50, 40), image)
+
+
+def test_content_decides_not_the_suffix(tmp_path: Path, image: np.ndarray) -> None:
+    path = tmp_path / "really_a_tiff.png"
+    tifffile.imwrite(path, image, photometric="rgb")
+    with open_slide(path) as reader:
+        assert isinstance(reader, TiffSlideReader)
+        np.testing.assert_array_equal(reader.read_region(0, 0, 50, 40), image)
+    jpeg = tmp_path / "photo.tif"
+    Image.fromarray(image).save(jpeg, format="JPEG")
+    with open_slide(jpeg) as reader:
+        assert isinstance(reader, PlainImageReader)
+
+
+def test_explicit_backends(tmp_path: Path, image: np.ndarray, no_openslide: None) -> None:
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, image, photometric="rgb")
+    with open_slide(path, backend="plain") as reader:
+        assert isinstance(reader, PlainImageReader)
+    with open_slide(path, backend="tifffile") as reader:
+        assert isinstance(reader, TiffSlideReader)
+    with pytest.raises(ImageReadError, match=r'x.tif.*pip install "uniseg\[wsi\]"'):
+        open_slide(path, backend="openslide")
+    with pytest.raises(ValueError, match="unknown slide backend 'magic'"):
+        open_slide(path, backend="magic")
+
+
+@pytest.mark.parametrize("name", ["noise.svs", "noise.tif", "noise.png", "noise.ndpi"])
+def test_corrupt_files_raise_naming_the_file(tmp_path: Path, name: str, no_openslide: None) -> None:
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    with pytest.raises(ImageReadError, match=name):
+        open_slide(path)
+
+
+def test_truncated_tiff_header_raises_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "short.svs"
+    path.write_bytes(b"II*\x00\x10\x00")
+    with pytest.raises(ImageReadError, match="short.svs"):
+        open_slide(path)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="nothing.svs: no such file"):
+        open_slide(tmp_path / "nothing.svs")
+    with pytest.raises(ImageReadError, match="is not a file"):
+        open_slide(tmp_path)
+
+
+def test_mirax_without_openslide_explains_the_extra(tmp_path: Path, no_openslide: None) -> None:
+    path = tmp_path / "slide.mrxs"
+    path.write_bytes(b"[GENERAL]\n")
+    with pytest.raises(ImageReadError, match=r'slide.mrxs.*OpenSlide.*pip install "uniseg\[wsi\]"'):
+        open_slide(path)
+
+
+def test_mpp_override(tmp_path: Path, image: np.ndarray) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(image).save(path)
+    with open_slide(path) as reader:
+        assert reader.mpp is None
+    with open_slide(path, mpp=0.25) as reader:
+        assert reader.mpp == (0.25, 0.25)
+    with open_slide(path, mpp=(0.25, 0.3)) as reader:
+        assert reader.mpp == (0.25, 0.3)
+    for bad in (0, -1.0, (0.25,), float("nan")):
+        with pytest.raises(ValueError, match="a.png"):
+            open_slide(path, mpp=bad)
+
+
+def test_auto_falls_back_to_tifffile_when_openslide_refuses(svs_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing:
+        def __init__(self, filename: str) -> None:
+            raise RuntimeError("not this one")  # not an error OpenSlideReader converts
+
+    class OpenSlideError(Exception):
+        pass
+
+    class RefusingNicely:
+        def __init__(self, filename: str) -> None:
+            raise OpenSlideError("Unsupported TIFF variant")
+
+    module = types.ModuleType("openslide")
+    module.OpenSlideError = OpenSlideError
+    module.OpenSlide = RefusingNicely
+    monkeypatch.setitem(sys.modules, "openslide", module)
+    with open_slide(svs_path) as reader:
+        assert isinstance(reader, TiffSlideReader)
+    module.OpenSlide = Refusing  # unexpected errors are not swallowed
+    with pytest.raises(RuntimeError, match="not this one"):
+        open_slide(svs_path)
+
+
+# ---------------------------------------------------------------------------- SlideReader base
+def test_read_region_argument_checks(image: np.ndarray) -> None:
+    reader = PlainImageReader.from_array(image, name="mem.png")
+    with pytest.raises(ValueError, match="mem.png: level 1 does not exist.*1 level"):
+        reader.read_region(0, 0, 4, 4, level=1)
+    with pytest.raises(ValueError, match="mem.png: region size must be positive"):
+        reader.read_region(0, 0, 0, 4)
+    with pytest.raises(TypeError, match="mem.png: x must be an integer"):
+        reader.read_region(1.5, 0, 4, 4)
+    assert reader.read_region(np.int64(1), np.int32(2), 3, 4).shape == (4, 3, 3)
+    with reader:
+        pass
+    with pytest.raises(ValueError, match="mem.png: reader is closed"):
+        reader.read_region(0, 0, 4, 4)
+
+
+def test_padding_on_every_side(image: np.ndarray) -> None:
+    reader = PlainImageReader.from_array(image)
+    out = reader.read_region(-3, -2, 56, 44)  # 3 left, 2 top, 3 right, 2 bottom beyond the image
+    np.testing.assert_array_equal(out[2:42, 3:53], image)
+    mask = np.ones(out.shape[:2], bool)
+    mask[2:42, 3:53] = False
+    assert (out[mask] == 255).all()
+    assert (reader.read_region(100, 100, 5, 5) == 255).all()

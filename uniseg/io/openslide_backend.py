@@ -1,0 +1,86 @@
+"""Vendor whole-slide formats through OpenSlide (optional ``uniseg[wsi]`` extra).
+
+OpenSlide knows the quirks tifffile does not (MIRAX stitching, NDPI/SCN/BIF layouts, overlapping
+tiles), so :func:`uniseg.io.open_slide` prefers it for those suffixes when it is installed. It is
+imported lazily: uniseg works without it and only complains when a slide actually needs it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..utils.imageio import ImageReadError
+from .slide import WSI_INSTALL_HINT, Mpp, SlideReader, normalize_mpp
+
+__all__ = ["OpenSlideReader"]
+
+
+def _import_openslide(path: Path) -> Any:
+    try:
+        import openslide
+    except (ImportError, OSError) as exc:  # OSError: libopenslide itself is missing
+        raise ImageReadError(f"{path}: reading this slide needs OpenSlide, which is not available "
+                             f"({exc}); install it with {WSI_INSTALL_HINT}") from exc
+    return openslide
+
+
+def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide returns un-premultiplied RGBA, transparent where there is no tissue scan."""
+    if rgba.shape[2] == 3:
+        return np.ascontiguousarray(rgba)
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.float32) / 255.0
+    out = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _property_mpp(properties: Any) -> Optional[Mpp]:
+    try:
+        mpp = (float(properties["openslide.mpp-x"]), float(properties["openslide.mpp-y"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return mpp if mpp[0] > 0 and mpp[1] > 0 else None
+
+
+class OpenSlideReader(SlideReader):
+    """A :class:`SlideReader` over ``openslide.OpenSlide``."""
+
+    backend = "openslide"
+
+    def __init__(self, path: Union[str, os.PathLike],
+                 mpp: Union[None, float, Sequence[float]] = None) -> None:
+        path = Path(path)
+        self._mpp_override = normalize_mpp(mpp, path)
+        openslide = _import_openslide(path)
+        if not path.is_file():
+            raise ImageReadError(f"{path}: no such file")
+        errors: Tuple[type, ...] = (OSError, ValueError)
+        if hasattr(openslide, "OpenSlideError"):  # parent of OpenSlideUnsupportedFormatError
+            errors += (openslide.OpenSlideError,)
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except errors as exc:
+            raise ImageReadError(f"{path}: OpenSlide cannot read this file ({type(exc).__name__}: {exc})") from exc
+        mpp_pair = self._mpp_override or _property_mpp(self._slide.properties)
+        self._init_levels(path, list(self._slide.level_dimensions), mpp_pair,
+                          downsamples=list(self._slide.level_downsamples))
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (str(self.path), self._mpp_override))
+
+    def _read_inside(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        # OpenSlide takes the top-left in level-0 pixels; this is the level-0 position of level
+        # pixel (x, y), which OpenSlide maps back onto the same level pixel.
+        ds = self.level_downsamples[level]
+        image = self._slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+        return _rgba_on_white(np.asarray(image))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._slide.close()
+        super().close()

@@ -1,0 +1,70 @@
+"""Ordinary images (PNG, JPEG, BMP) seen as a one-level slide.
+
+These formats cannot be read by region, so the image is decoded once and kept in memory; the
+reader only exists so that the inferencer handles a PNG region of interest and a whole slide
+through the same interface.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..utils.imageio import ImageReadError, read_rgb
+from .slide import Mpp, SlideReader, normalize_mpp
+
+__all__ = ["PlainImageReader"]
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    """``read_rgb``, plus OpenCV for images larger than Pillow's decompression-bomb limit.
+
+    Pillow refuses images above ~179 Mpx, but a 15k x 15k region of interest exported as PNG is
+    exactly what this reader is for; OpenCV decodes up to 2**30 pixels.
+    """
+    from PIL import Image
+
+    try:
+        return read_rgb(path)
+    except Image.DecompressionBombError:
+        pass
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageReadError(f"{path}: image is too large for Pillow and OpenCV could not decode it; "
+                             f"convert it to a tiled TIFF")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+class PlainImageReader(SlideReader):
+    """A single-level reader over an RGB array decoded once from a PNG/JPEG/BMP (or any) file."""
+
+    backend = "plain"
+
+    def __init__(self, path: Union[str, os.PathLike], mpp: Union[None, float, Sequence[float]] = None,
+                 *, image: Optional[np.ndarray] = None) -> None:
+        path = Path(path)
+        mpp_pair: Optional[Mpp] = normalize_mpp(mpp, path)
+        if image is None:
+            image = _load_rgb(path)
+        elif image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"{path}: image must be uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
+        self._image: Optional[np.ndarray] = image
+        self._init_levels(path, [(image.shape[1], image.shape[0])], mpp_pair)
+
+    @classmethod
+    def from_array(cls, image: np.ndarray, name: str = "<array>",
+                   mpp: Union[None, float, Sequence[float]] = None) -> "PlainImageReader":
+        """Wrap an in-memory RGB array; ``name`` stands in for the path in messages."""
+        return cls(name, mpp=mpp, image=image)
+
+    def _read_inside(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        assert self._image is not None
+        return self._image[y:y + h, x:x + w].copy()
+
+    def close(self) -> None:
+        self._image = None
+        super().close()
