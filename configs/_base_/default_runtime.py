@@ -14,3 +14,5 @@ load_from = None
 resume = False
 randomness = dict(seed=0)
 tta_model = dict(type='SegTTAModel')
+# Reproducible resume: torch's generator is re-seeded from (seed, rank, iteration) each iteration.
+custom_hooks = [dict(type='IterationSeedHook')]

@@ -1,3 +1,8 @@
+"""Training machinery: optimizer constructor, hooks, safe resumable checkpoints, launch helpers."""
+from .checkpoint import install_safe_checkpointing
+from .hooks import IterationSeedHook
 from .optimizers import ViTLayerDecayOptimizerConstructor
 
-__all__ = ["ViTLayerDecayOptimizerConstructor"]
+install_safe_checkpointing()
+
+__all__ = ["IterationSeedHook", "ViTLayerDecayOptimizerConstructor"]

@@ -1,12 +1,10 @@
 # The UNI + ViT-Adapter + Mask2Former model at test size: same modules and code paths as the ViT-L
 # configuration (uni-tiny is vit_large_patch16_224 at width 64 / depth 4), small enough to train on a CPU.
 _base_ = ['./mask2former_vit-adapter_uni.py']
-crop_size = (128, 128)
 embed_dim = 64
 feat = 64
-data_preprocessor = dict(size=crop_size)
 model = dict(
-    data_preprocessor=dict(size=crop_size),
+    data_preprocessor=dict(size=(128, 128)),
     backbone=dict(
         encoder='uni-tiny', encoder_weights=None, drop_path_rate=0.1, conv_inplane=16, deform_num_heads=4,
         interaction_indexes=None),
@@ -30,4 +28,4 @@ model = dict(
                 cross_attn_cfg=dict(embed_dims=feat, num_heads=4),
                 ffn_cfg=dict(embed_dims=feat, feedforward_channels=4 * feat))),
         train_cfg=dict(num_points=2048)),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(96, 96)))
+    test_cfg=dict(mode='slide', crop_size=(128, 128), stride=(96, 96)))

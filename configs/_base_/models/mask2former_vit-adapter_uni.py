@@ -2,7 +2,6 @@
 # deformable heads 16, 4 points, deform ratio 0.5, ConvFFN ratio 0.25, interactions every 6 blocks,
 # drop path 0.3; head with 1024 channels, 100 queries, 6 pixel-decoder and 9 decoder layers,
 # cls/mask/dice loss weights 2/5/5 and no-object weight 0.1.
-crop_size = (512, 512)
 num_classes = 2  # leaf configs override num_classes AND decode_head.num_classes / loss_cls.class_weight
 embed_dim = 1024
 
@@ -14,7 +13,7 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=crop_size,
+    size=(512, 512),  # training batches are padded to the crop
     test_cfg=dict(size_divisor=32))
 
 model = dict(
@@ -105,4 +104,4 @@ model = dict(
             sampler=dict(type='mmdet.MaskPseudoSampler'))),
     train_cfg=dict(),
     # Overlapping windows of the training crop; stride 2/3 of the crop as in ViT-Adapter.
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
