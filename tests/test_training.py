@@ -99,6 +99,14 @@ def _losses(work_dir: Path) -> dict:
     return out
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -160,25 +168,52 @@ def _loss_on_full_batch(checkpoint: Path, config: Path) -> float:
     return float(sum(v for k, v in losses.items() if "loss" in k))
 
 
-def test_two_processes_of_batch_one_match_one_process_of_batch_two(tmp_path, dataset):
-    # No stochastic depth and no random flips: the two layouts draw different random numbers for them.
-    one = _write_config(tmp_path / "one.py", dataset, batch_size=2, max_iters=4, drop_path=0.0, flip=0.0)
-    two = _write_config(tmp_path / "two.py", dataset, batch_size=1, max_iters=4, drop_path=0.0, flip=0.0)
-    _train(one, tmp_path / "one")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tools" / "train.py"), str(two), "--work-dir", str(tmp_path / "two"), "--launcher", "pytorch"]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+def _dist_train(config: Path, work_dir: Path, *args: str) -> None:
+    cmd = ["bash", str(REPO / "tools" / "dist_train.sh"), str(config), "2", "--work-dir", str(work_dir), *args]
+    env = dict(_env(), PYTHON=sys.executable, PORT=str(_free_port()))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    start = _loss_on_full_batch(tmp_path / "one" / "iter_2.pth", one)
-    loss_one = _loss_on_full_batch(tmp_path / "one" / "iter_4.pth", one)
-    loss_two = _loss_on_full_batch(tmp_path / "two" / "iter_4.pth", one)
-    print(f"loss on the 4 tiles: after 2 steps {start:.4f}; after 4 steps 1 process x 2 = {loss_one:.4f}, "
-          f"2 processes x 1 = {loss_two:.4f}")
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, dataset):
+    """1 process x batch 2, 4 steps; no stochastic depth or random flips, whose draws differ between layouts."""
+    root = tmp_path_factory.mktemp("one")
+    config = _write_config(root / "one.py", dataset, batch_size=2, max_iters=4, drop_path=0.0, flip=0.0)
+    _train(config, root / "work")
+    start = _loss_on_full_batch(root / "work" / "iter_2.pth", config)
+    final = _loss_on_full_batch(root / "work" / "iter_4.pth", config)
+    return config, start, final
+
+
+def _assert_matches(name: str, loss: float, start: float, reference: float) -> None:
+    print(f"loss on the 4 tiles: after 2 steps {start:.4f}; after 4 steps 1 process x 2 = {reference:.4f}, "
+          f"{name} = {loss:.4f}")
     # Mask2Former samples random points for its mask losses, so the runs differ by sampling noise only:
-    # the two losses agree far more closely than either differs from where training was two steps earlier.
-    assert abs(loss_one - loss_two) <= 0.02 * loss_one
-    assert abs(loss_one - loss_two) < 0.5 * abs(start - loss_one)
+    # the losses agree far more closely than either differs from where training was two steps earlier.
+    assert abs(reference - loss) <= 0.02 * reference
+    assert abs(reference - loss) < 0.5 * abs(start - reference)
+
+
+def test_two_processes_of_batch_one_match_one_process_of_batch_two(tmp_path, dataset, one_process_run):
+    one, start, loss_one = one_process_run
+    two = _write_config(tmp_path / "two.py", dataset, batch_size=1, max_iters=4, drop_path=0.0, flip=0.0)
+    _dist_train(two, tmp_path / "two")
+    _assert_matches("DDP 2 processes x 1", _loss_on_full_batch(tmp_path / "two" / "iter_4.pth", one), start, loss_one)
+
+
+def test_fsdp_two_processes_match_and_resume(tmp_path, dataset, one_process_run):
+    one, start, loss_one = one_process_run
+    two = _write_config(tmp_path / "fsdp.py", dataset, batch_size=1, max_iters=4, drop_path=0.0, flip=0.0)
+    _dist_train(two, tmp_path / "fsdp", "--strategy", "fsdp")
+    # the checkpoint holds the full, unsharded state dict: a plain (non-FSDP) model loads it
+    _assert_matches("FSDP 2 processes x 1", _loss_on_full_batch(tmp_path / "fsdp" / "iter_4.pth", one), start,
+                    loss_one)
+    _dist_train(two, tmp_path / "fsdp", "--strategy", "fsdp", "--resume", "--cfg-options", "train_cfg.max_iters=6")
+    resumed = _state(tmp_path / "fsdp" / "iter_6.pth")
+    assert resumed["meta"]["iter"] == 6
+    assert not torch.equal(resumed["state_dict"]["decode_head.cls_embed.weight"],
+                           _state(tmp_path / "fsdp" / "iter_4.pth")["state_dict"]["decode_head.cls_embed.weight"])
 
 def test_bf16_amp_and_gradient_accumulation_train(tmp_path, dataset):
     config = _write_config(tmp_path / "amp.py", dataset, batch_size=2, max_iters=2,

@@ -37,13 +37,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmengine.runner import Runner
+    from mmengine.runner import FlexibleRunner, Runner
 
     cfg = build_runner_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                               launcher=args.launcher, amp=args.amp, resume=args.resume,
                               strategy=args.strategy, auto_scale_lr=args.auto_scale_lr)
     init_distributed(args.launcher)
-    runner = Runner.from_cfg(cfg)
+    runner_cls = FlexibleRunner if cfg.get("runner_type") == "FlexibleRunner" else Runner
+    runner = runner_cls.from_cfg(cfg)
     runner.train()
 
 

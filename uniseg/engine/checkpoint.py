@@ -74,10 +74,15 @@ def load_mmengine_checkpoint(filename: str, map_location=None):
         raise
 
 
+def load_from_local(filename: str, map_location=None):
+    """mmengine's scheme for local paths (the name is what mmengine's log line shows)."""
+    return load_mmengine_checkpoint(filename, map_location)
+
+
 @functools.lru_cache(maxsize=None)
 def install_safe_checkpointing() -> None:
     """Apply the changes above (idempotent); called when ``uniseg`` is imported."""
     HistoryBuffer.__getstate__ = _history_buffer_state
     LocalBackend.put = _atomic_put
     # '' is mmengine's scheme for local paths; force replaces its torch.load call.
-    CheckpointLoader.register_scheme(prefixes="", force=True)(load_mmengine_checkpoint)
+    CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local)

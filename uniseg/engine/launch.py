@@ -64,11 +64,10 @@ def build_runner_config(config: str, work_dir: Optional[str] = None, cfg_options
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
                                      find_unused_parameters=cfg.get("find_unused_parameters", False))
     if strategy == "fsdp":
-        cfg.model_wrapper_cfg = dict(
-            type="MMFullyShardedDataParallel",
-            use_orig_params=True,  # per-parameter lr groups (layer decay) and frozen parameters need this
-            auto_wrap_policy=dict(type="torch.distributed.fsdp.wrap.size_based_auto_wrap_policy",
-                                  min_num_params=int(1e7)))
+        # Sharded training runs under mmengine's FlexibleRunner with uniseg's FSDP2 strategy
+        # (torch's fully_shard: GPUs with NCCL, CPUs with gloo).
+        cfg.strategy = dict(type="FSDP2Strategy")
+        cfg.runner_type = "FlexibleRunner"
     elif strategy != "ddp":
         raise ValueError(f"unknown strategy {strategy!r}: use ddp or fsdp")
 

@@ -1,0 +1,3 @@
+from .fsdp2 import FSDP2Strategy, FullyShardedModel
+
+__all__ = ["FSDP2Strategy", "FullyShardedModel"]
