@@ -1,0 +1,81 @@
+"""Tiled pyramidal (Big)TIFF label mask, the format for ROIs of any size.
+
+Level 0 holds the class index of every output pixel (uint8, ``ignore_index`` where there is no
+prediction); reduced levels (factor 2 each, SubIFDs with ``subfiletype=1``) are built with the
+label-preserving 2x2 mode of :func:`~uniseg.export.pyramid.reduce_labels_2x`, so zoomed-out views
+never show blended, non-existent classes. The image is stored with photometric *palette* and a
+ColorMap made from the class palette, so viewers show class colours directly; the
+ImageDescription of level 0 is JSON with the class names, palette, ignore index and the ROI's
+slide origin/scale; resolution tags carry the microns per pixel when known.
+
+Reader compatibility: the reduced levels are SubIFDs of level 0, the pyramid layout of OME-TIFF
+(Bio-Formats 6+) that tifffile also reads as one multi-level series. Readers that follow only the
+top-level IFD chain (OpenSlide's generic-TIFF driver, for example) see level 0 alone: the file
+still opens and is tiled, only without fast zoomed-out views.
+
+Streaming and memory behaviour: see :mod:`uniseg.export.pyramid`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .base import ExportContext, MaskSink, PathLike
+from .pyramid import StreamingPyramidTiff, colormap_from_palette, normalize_compression, reduce_labels_2x
+
+__all__ = ["PyramidTiffMaskSink", "TIFF_SUFFIXES"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class PyramidTiffMaskSink(MaskSink):
+    """Write the label mask as a tiled, pyramidal, palette-coloured TIFF.
+
+    Args:
+        path: output file (``.tif``/``.tiff``; ``.ome.tif`` is not used because the description
+            holds uniseg's JSON, not OME-XML).
+        tile: tile edge in pixels (multiple of 16).
+        levels: number of pyramid levels including full resolution; ``None`` halves until the
+            smallest level fits in one tile.
+        compression: lossless codec (``'zlib'``, ``'lzw'``, ``'zstd'``, ``'packbits'``, ``'none'``...).
+        bigtiff: ``None`` chooses automatically from the image size.
+        maxworkers: compression threads per strip (``None``: tifffile's choice; more than one
+            keeps one extra strip in memory).
+    """
+
+    def __init__(self, path: PathLike, tile: int = 512, levels: Optional[int] = None,
+                 compression: Optional[str] = "zlib", bigtiff: Optional[bool] = None,
+                 maxworkers: Optional[int] = 1):
+        super().__init__()
+        self.path = Path(path)
+        if self.path.suffix.lower() not in TIFF_SUFFIXES:
+            raise ValueError(f"{self.path}: PyramidTiffMaskSink writes {TIFF_SUFFIXES} files")
+        self.tile, self.levels, self.bigtiff, self.maxworkers = tile, levels, bigtiff, maxworkers
+        self.compression = normalize_compression(compression, str(self.path))  # fail at construction
+        self._writer: Optional[StreamingPyramidTiff] = None
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def _open(self, ctx: ExportContext) -> None:
+        description = json.dumps({"uniseg": "label_mask", **ctx.metadata()}, ensure_ascii=True)
+        self._writer = StreamingPyramidTiff(
+            self.path, ctx.height, ctx.width, reduce=reduce_labels_2x, tile=self.tile, levels=self.levels,
+            compression=self.compression, photometric="palette", colormap=colormap_from_palette(ctx.palette),
+            description=description, mpp=ctx.mpp, bigtiff=self.bigtiff, maxworkers=self.maxworkers)
+        self._writer.start()
+
+    def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
+                    image: Optional[np.ndarray]) -> None:
+        self._writer.write_rows(labels)
+
+    def _close(self) -> List[Path]:
+        self._writer.finish()
+        return [self._writer.commit()]
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
