@@ -205,7 +205,9 @@ def test_base_config_loads(config: Path) -> None:
         assert dataset["metainfo"] == cfg.metainfo and dataset["mpp"] == cfg.mpp
     types = [t["type"] for t in cfg.train_pipeline]
     assert types[:2] == ["LoadImageFromFile", "LoadAnnotations"] and types[-1] == "PackSegInputs"
-    assert "RandomCrop" in types and "RandomFlip" in types
+    assert "RandomCrop" in types and "Albumentations" in types
+    if cfg.mpp is not None:  # resampled to the encoder's working resolution, driven by the metadata
+        assert "ResampleToMPP" in types and cfg.working_mpp == 0.5
 
 
 @pytest.mark.parametrize("config", BASE_DATASETS, ids=lambda p: p.stem)
@@ -233,5 +235,10 @@ def test_base_config_pipelines_yield_packed_samples(config: Path, tmp_path: Path
         ds = DATASETS.build(eval_cfg)
         assert len(ds) == 1 and ds.get_data_info(0)["img_path"].endswith(f"{stem}.png")
         packed = ds[0]
-        assert tuple(packed["inputs"].shape) == (3, *size)
+        # the image is resampled to the working resolution; ground truth stays at the source resolution
+        # (predictions are resized back to ori_shape before evaluation)
+        factor = cfg.mpp / cfg.working_mpp if cfg.mpp is not None else 1.0
+        expected = tuple(int(round(s * factor)) for s in size)
+        assert tuple(packed["inputs"].shape) == (3, *expected)
         assert tuple(packed["data_samples"].gt_sem_seg.data.shape) == (1, *size)
+        assert packed["data_samples"].ori_shape == size

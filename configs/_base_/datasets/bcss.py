@@ -3,29 +3,31 @@
 # Convert the download first:
 #   python tools/dataset_converters/bcss.py 0_Public-data-Amgad2019_0.25MPP data/bcss
 
+_base_ = ['../augmentations/histology.py']
+
 dataset_type = 'HistologySegDataset'
 data_root = 'data/bcss'
 mpp = 0.25
 metainfo = dict(
     classes=('tumor', 'stroma', 'inflammatory', 'necrosis', 'other'),
     palette=[[213, 94, 0], [240, 228, 66], [0, 114, 178], [128, 128, 128], [0, 158, 115]])
-img_scale = (1024, 1024)  # (w, h) of a typical source tile: resize ratio 1.0 keeps native size
+# Samples are resampled to UNI's working resolution (20x, 0.5 um/px) from their mpp:
+working_mpp = 0.5
+img_scale = (512, 512)  # (w, h) after resampling: 1024 px tiles at 0.25 um/px are 512 px at 0.5 um/px
 crop_size = (512, 512)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
-    #     (once enabled, set img_scale to the resampled tile size)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),
     dict(type='RandomResize', scale=img_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='Albumentations', transforms={{_base_.histology_augmentation}}),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),  # predictions are mapped back to ori_shape
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]

@@ -2,29 +2,31 @@
 # Convert the download first:
 #   python tools/dataset_converters/crag.py CRAG_v2/CRAG data/crag
 
+_base_ = ['../augmentations/histology.py']
+
 dataset_type = 'HistologySegDataset'
 data_root = 'data/crag'
 mpp = 0.55
 metainfo = dict(
     classes=('background', 'gland'),
     palette=[[0, 0, 0], [230, 159, 0]])
-img_scale = (1516, 1512)  # (w, h) of a typical source tile: resize ratio 1.0 keeps native size
+# Samples are resampled to UNI's working resolution (20x, 0.5 um/px) from their mpp:
+working_mpp = 0.5
+img_scale = (1663, 1663)  # (w, h) after resampling: 1512 px tiles at 0.55 um/px are 1663 px at 0.5 um/px
 crop_size = (512, 512)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
-    #     (once enabled, set img_scale to the resampled tile size)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),
     dict(type='RandomResize', scale=img_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='Albumentations', transforms={{_base_.histology_augmentation}}),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),  # predictions are mapped back to ori_shape
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]

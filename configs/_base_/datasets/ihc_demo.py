@@ -3,6 +3,8 @@
 # (see data/README.md; regenerate with `python tools/make_demo_data.py --overwrite`).
 # The source resolution is unknown, so mpp is None.
 
+_base_ = ['../augmentations/histology.py']
+
 dataset_type = 'HistologySegDataset'
 data_root = 'data/ihc'
 mpp = None
@@ -17,8 +19,7 @@ train_pipeline = [
     # >>> ResampleToMPP goes here once the demo's mpp is known: dict(type='ResampleToMPP', target_mpp=0.5)
     #     (it is unknown for this image, so no resampling and no scale jitter: crops + flips only)
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=1.0),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='Albumentations', transforms={{_base_.histology_augmentation}}),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [

@@ -2,29 +2,31 @@
 # Convert the three extracted folds first (train fold 1, val fold 2, test fold 3):
 #   python tools/dataset_converters/pannuke.py pannuke/ data/pannuke
 
+_base_ = ['../augmentations/histology.py']
+
 dataset_type = 'HistologySegDataset'
 data_root = 'data/pannuke'
 mpp = 0.25
 metainfo = dict(
     classes=('background', 'neoplastic', 'inflammatory', 'connective', 'dead', 'epithelial'),
     palette=[[0, 0, 0], [213, 94, 0], [0, 114, 178], [0, 158, 115], [128, 128, 128], [240, 228, 66]])
-img_scale = (256, 256)  # (w, h) of a typical source tile: resize ratio 1.0 keeps native size
-crop_size = (256, 256)
+# Samples are resampled to UNI's working resolution (20x, 0.5 um/px) from their mpp:
+working_mpp = 0.5
+img_scale = (128, 128)  # (w, h) after resampling: 256 px patches at 0.25 um/px are 128 px at 0.5 um/px
+crop_size = (128, 128)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
-    #     (once enabled, set img_scale to the resampled tile size)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),
     dict(type='RandomResize', scale=img_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=1.0),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='Albumentations', transforms={{_base_.histology_augmentation}}),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    # >>> ResampleToMPP goes here: dict(type='ResampleToMPP', target_mpp=0.5)
+    dict(type='ResampleToMPP', target_mpp=working_mpp),  # predictions are mapped back to ori_shape
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
