@@ -56,9 +56,12 @@ fi
 [ "$CUDA_FLAG" = 0 ] || [ "$CUDA_FLAG" = 1 ] || die "UNISEG_CUDA must be auto, 0 or 1 (got '$CUDA_FLAG')"
 
 # The stamp names everything that decides the environment's content; equal stamp = nothing to do.
+# The installed torch is part of it too, so a torch swapped underneath the venv triggers a rebuild of mmcv.
 stamp_inputs() {
   echo "torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION cuda=$CUDA_FLAG mmcv=$MMCV_VERSION"
+  echo "arch_list=${TORCH_CUDA_ARCH_LIST:-}"
   "$PY" -c 'import sys; print(sys.version)'
+  "$PY" -c 'import torch; print("installed torch", torch.__version__)' 2>/dev/null || echo "no torch"
   cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements/stack.txt" "$ROOT/setup.cfg"
 }
 STAMP_FILE="$VENV/.uniseg-env-stamp"
@@ -152,5 +155,5 @@ log "installing the pinned OpenMMLab stack and uniseg (editable, with test extra
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -e "$ROOT[dev]"
 
 "$PY" -c 'import mmcv.ops, mmseg, mmdet, timm, uniseg' || die "the stack was installed but does not import"
-echo "$STAMP" >"$STAMP_FILE"
+stamp_inputs | sha256sum | cut -d' ' -f1 >"$STAMP_FILE"
 log "ready: $VENV ($BUILD_TAG)"
