@@ -224,6 +224,32 @@ def test_bf16_amp_and_gradient_accumulation_train(tmp_path, dataset):
     assert set(losses) == {1, 2} and all(np.isfinite(v) for v in losses.values()), proc.stdout[-2000:]
 
 
+def test_test_tool_reports_iou_and_dice_with_overlays_and_masks(tmp_path, dataset, one_process_run):
+    config, _, _ = one_process_run
+    test_config = tmp_path / "eval.py"
+    test_config.write_text(config.read_text() + f"""
+test_dataloader = dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+                       dataset=dict(type='HistologySegDataset', data_root='{dataset}', ann_file='splits/train.txt',
+                                    data_prefix=dict(img_path='images', seg_map_path='masks'),
+                                    metainfo=dict(classes={CLASSES!r}),
+                                    pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                                              dict(type='PackSegInputs')]))
+test_cfg = dict(type='TestLoop')
+test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
+""")
+    checkpoint = config.parent / "work" / "iter_4.pth"
+    cmd = [sys.executable, str(REPO / "tools" / "test.py"), str(test_config), str(checkpoint), "--work-dir",
+           str(tmp_path / "eval"), "--show-dir", str(tmp_path / "vis"), "--out", str(tmp_path / "masks"), "--amp"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    for name in CLASSES:
+        assert name in log  # the per-class table
+    assert "Dice" in log and "summary: mIoU" in log and "mDice" in log
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.png")) == [f"t{i}.png" for i in range(4)]
+    assert len(list((tmp_path / "vis").rglob("*.png"))) == 4
+
+
 def test_resume_refuses_a_checkpoint_with_foreign_objects(tmp_path):
     from uniseg.engine.checkpoint import load_mmengine_checkpoint
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from uniseg.engine.launch import build_runner_config, init_distributed, parse_cfg_options  # noqa: E402
+from uniseg.engine.launch import add_launch_args, build_runner_config, init_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,12 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="folder for the evaluation log and metrics")
     parser.add_argument("--show-dir", help="save prediction overlays (image | ground truth | prediction) here")
     parser.add_argument("--out", help="save predicted label masks (PNG) here")
-    parser.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
-                        help="run inference under autocast")
-    parser.add_argument("--cfg-options", nargs="+", action=parse_cfg_options, default={},
-                        help="override config entries, e.g. model.test_cfg.mode=whole")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
@@ -39,8 +34,6 @@ def main(argv=None) -> None:
         sys.exit(f"error: {args.checkpoint}: checkpoint not found")
     from mmengine.runner import Runner
 
-    from uniseg.engine.launch import resolve_amp_dtype
-
     cfg = build_runner_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                               launcher=args.launcher)
     cfg.load_from = args.checkpoint
@@ -51,8 +44,9 @@ def main(argv=None) -> None:
         cfg.test_evaluator["output_dir"] = args.out
         cfg.test_evaluator["keep_results"] = True
     if args.amp:
+        # mmengine's TestLoop autocasts to the device's default low precision: fp16 on GPUs, bf16 on CPUs.
         cfg.setdefault("test_cfg", dict(type="TestLoop"))
-        cfg.test_cfg["fp16"] = resolve_amp_dtype(args.amp) == "float16"
+        cfg.test_cfg["fp16"] = True
     init_distributed(args.launcher)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()

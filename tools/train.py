@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from uniseg.engine.launch import build_runner_config, init_distributed, parse_cfg_options  # noqa: E402
+from uniseg.engine.launch import add_launch_args, build_runner_config, init_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,15 +21,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="resume training: from the latest checkpoint in the work dir, or from CHECKPOINT")
-    parser.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
-                        help="automatic mixed precision (auto: bf16 where supported, else fp16)")
     parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
                         help="distributed wrapper when launched with several processes")
     parser.add_argument("--auto-scale-lr", action="store_true", help="scale lr by total batch / base batch")
-    parser.add_argument("--cfg-options", nargs="+", action=parse_cfg_options, default={},
-                        help="override config entries, e.g. train_cfg.max_iters=1000 model.backbone.with_cp=True")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args

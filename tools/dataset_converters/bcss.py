@@ -15,7 +15,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from uniseg.datasets.converters import ConversionError, convert_bcss
+from uniseg.datasets.converters import convert_bcss
+from uniseg.datasets.converters.common import run_converter_cli
 from uniseg.datasets.converters.bcss import BCSS_TEST_SITES
 
 
@@ -37,15 +38,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        meta = convert_bcss(args.src, args.out, tile=args.tile, classes=args.classes, val_fraction=args.val_fraction,
-                            seed=args.seed, test_sites=args.test_sites, overwrite=args.overwrite, progress=True)
-    except (ConversionError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (classes {meta['classes']}): {meta['split_counts']}")
-    return 0
-
+    return run_converter_cli(convert_bcss, args.src, args.out, tile=args.tile, classes=args.classes,
+                             val_fraction=args.val_fraction, seed=args.seed, test_sites=args.test_sites,
+                             overwrite=args.overwrite)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from uniseg.datasets.converters import ConversionError, convert_crag
+from uniseg.datasets.converters import convert_crag
+from uniseg.datasets.converters.common import run_converter_cli
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -29,15 +30,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        meta = convert_crag(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                            overwrite=args.overwrite, progress=True)
-    except (ConversionError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}: {meta['split_counts']}")
-    return 0
-
+    return run_converter_cli(convert_crag, args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                             overwrite=args.overwrite)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from uniseg.datasets.converters import ConversionError, convert_pannuke
+from uniseg.datasets.converters import convert_pannuke
+from uniseg.datasets.converters.common import run_converter_cli
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -30,15 +31,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        meta = convert_pannuke(args.src, args.out, train_folds=args.train_folds, val_folds=args.val_folds,
-                               test_folds=args.test_folds, overwrite=args.overwrite, progress=True)
-    except (ConversionError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}: {meta['split_counts']}")
-    return 0
-
+    return run_converter_cli(convert_pannuke, args.src, args.out, train_folds=args.train_folds,
+                             val_folds=args.val_folds, test_folds=args.test_folds, overwrite=args.overwrite)
 
 if __name__ == "__main__":
     sys.exit(main())

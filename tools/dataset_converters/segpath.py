@@ -14,7 +14,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from uniseg.datasets.converters import ConversionError, convert_segpath
+from uniseg.datasets.converters import convert_segpath
+from uniseg.datasets.converters.common import run_converter_cli
 from uniseg.datasets.converters.segpath import SEGPATH_SETS
 
 
@@ -30,14 +31,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        meta = convert_segpath(args.src, args.out, antibody=args.antibody, overwrite=args.overwrite, progress=True)
-    except (ConversionError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} ({meta['antibody']}, classes {meta['classes']}): {meta['split_counts']}")
-    return 0
-
+    return run_converter_cli(convert_segpath, args.src, args.out, antibody=args.antibody, overwrite=args.overwrite)
 
 if __name__ == "__main__":
     sys.exit(main())

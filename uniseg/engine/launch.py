@@ -11,9 +11,19 @@ from typing import Optional
 import torch
 from mmengine.config import Config, DictAction
 
-__all__ = ["build_runner_config", "init_distributed", "parse_cfg_options", "resolve_amp_dtype"]
+__all__ = ["add_launch_args", "build_runner_config", "init_distributed", "parse_cfg_options", "resolve_amp_dtype"]
 
 parse_cfg_options = DictAction
+
+
+def add_launch_args(parser) -> None:
+    """Options every runner tool shares: mixed precision, config overrides, the distributed launcher."""
+    parser.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
+                        help="automatic mixed precision (auto: bf16 where supported, else fp16)")
+    parser.add_argument("--cfg-options", nargs="+", action=parse_cfg_options, default={},
+                        help="override config entries, e.g. train_cfg.max_iters=1000 model.backbone.with_cp=True")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
 
 
 def resolve_amp_dtype(amp: str) -> str:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -209,3 +210,16 @@ class LayoutWriter:
                           split_counts=counts, **extra)
         self._finished = True
         return meta
+
+
+def run_converter_cli(convert: Callable[..., dict], src: PathLike, out: PathLike, **kwargs: Any) -> int:
+    """Run ``convert(src, out, **kwargs)`` for a command line: bad input prints one line and exits 1."""
+    try:
+        meta = convert(src, out, progress=True, **kwargs)
+    except (ConversionError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    details = ", ".join(f"{k} {meta[k]}" for k in ("antibody", "classes") if k in meta)
+    print(f"wrote {out}" + (f" ({details})" if details else "") + f": {meta['split_counts']}")
+    return 0
+
