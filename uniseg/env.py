@@ -80,7 +80,7 @@ PACKAGES: Tuple[Package, ...] = (
                               "opencv-contrib-python-headless"), tested_as="opencv-python"),
     Package("tifffile", "tifffile", ("tifffile",)),
     Package("openslide", "openslide", ("openslide-python",), required=False,
-            note="optional, needed only for .svs/.ndpi/.mrxs slides: pip install 'uniseg[wsi]'"),
+            note="optional: whole-slide formats tifffile cannot read (.mrxs, .vms, .scn, ...): pip install 'uniseg[wsi]'"),
     # Last: importing uniseg imports (and registers into) everything above.
     Package("uniseg", "uniseg", ("uniseg",)),
 )
