@@ -115,12 +115,11 @@ class SpatialPriorModule(nn.Module):
     """A light ResNet-style stem giving the local, high-resolution detail a plain ViT lacks.
 
     Strides 4 (c1), 8, 16, 32 with ``inplanes`` x (1, 2, 4, 4) channels, each projected to ``embed_dim``.
+    It is never checkpointed: recomputing it would update its batch-norm statistics twice per step.
     """
 
-    def __init__(self, inplanes: int = 64, embed_dim: int = 1024, norm_cfg: Optional[dict] = None,
-                 with_cp: bool = False):
+    def __init__(self, inplanes: int = 64, embed_dim: int = 1024, norm_cfg: Optional[dict] = None):
         super().__init__()
-        self.with_cp = with_cp
         self.stem = nn.Sequential(
             *_conv_norm_relu(3, inplanes, 2, norm_cfg),
             *_conv_norm_relu(inplanes, inplanes, 1, norm_cfg),
@@ -135,17 +134,12 @@ class SpatialPriorModule(nn.Module):
         self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1)
         self.fc4 = nn.Conv2d(4 * inplanes, embed_dim, 1)
 
-    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         c1 = self.stem(x)
         c2 = self.conv2(c1)
         c3 = self.conv3(c2)
         c4 = self.conv4(c3)
         return self.fc1(c1), self.fc2(c2), self.fc3(c3), self.fc4(c4)
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
 
 
 class MultiLevelDWConv(nn.Module):

@@ -43,7 +43,8 @@ class ViTAdapter(BaseModule):
         interaction_indexes: ViT block groups ``[[first, last], ...]`` (4 groups covering all blocks); derived
             from the encoder's depth when omitted.
         norm_cfg: norm of the convolutional parts; ``SyncBN`` synchronises only when distributed.
-        with_cp: gradient checkpointing of ViT blocks, interactions and the spatial prior module.
+        with_cp: gradient checkpointing of the ViT blocks and the injectors/extractors (activations are
+            recomputed in the backward pass instead of stored).
         freeze_vit: freeze the whole encoder (train adapter + head only).
         trainable_vit_blocks: if set, freeze the encoder except its last K blocks.
     """
@@ -87,7 +88,7 @@ class ViTAdapter(BaseModule):
                              f"= {dim} * {deform_ratio} of encoder {encoder!r}")
 
         self.level_embed = nn.Parameter(torch.zeros(len(PYRAMID_STRIDES), dim))
-        self.spm = SpatialPriorModule(conv_inplane, dim, norm_cfg, with_cp)
+        self.spm = SpatialPriorModule(conv_inplane, dim, norm_cfg)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.interactions = nn.ModuleList([
             InteractionBlock(dim, deform_num_heads, n_points, deform_ratio, init_values, with_cffn, cffn_ratio,
