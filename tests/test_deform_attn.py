@@ -57,3 +57,38 @@ def test_gradients_flow_to_all_projections():
         weight = getattr(attn, name).weight
         assert weight.grad is not None and torch.isfinite(weight.grad).all(), name
     assert query.grad.abs().sum() > 0
+
+
+def test_gpu_tensors_without_compiled_ops_fall_back_with_one_warning(monkeypatch):
+    import warnings
+
+    from uniseg.models.layers import deform_attn
+
+    deform_attn._warn_cuda_fallback.cache_clear()
+    monkeypatch.setattr(deform_attn, "mmcv_has_cuda_ops", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert deform_attn.use_compiled_kernel(on_cuda=True) is False
+        assert deform_attn.use_compiled_kernel(on_cuda=True) is False
+    assert len([w for w in caught if "without CUDA ops" in str(w.message)]) == 1
+    monkeypatch.setattr(deform_attn, "mmcv_has_cuda_ops", lambda: True)
+    assert deform_attn.use_compiled_kernel(on_cuda=True) is True
+    assert deform_attn.use_compiled_kernel(on_cuda=False) is False
+    deform_attn._warn_cuda_fallback.cache_clear()
+
+
+def test_mmcv_module_is_told_to_fall_back_when_ops_lack_cuda(monkeypatch):
+    """The patch applied for mmdet's pixel decoder: mmcv's own module takes its PyTorch path."""
+    from mmcv.ops import multi_scale_deform_attn as mmcv_msda
+
+    from uniseg.models.layers import deform_attn
+
+    monkeypatch.setattr(mmcv_msda, "IS_CUDA_AVAILABLE", True)
+    monkeypatch.setattr(deform_attn.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(deform_attn, "mmcv_has_cuda_ops", lambda: False)
+    deform_attn.patch_mmcv_deformable_attention.cache_clear()
+    try:
+        deform_attn.patch_mmcv_deformable_attention()
+        assert mmcv_msda.IS_CUDA_AVAILABLE is False
+    finally:
+        deform_attn.patch_mmcv_deformable_attention.cache_clear()

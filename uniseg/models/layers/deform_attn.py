@@ -19,7 +19,8 @@ from mmcv.ops import multi_scale_deform_attn as _mmcv_msda
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention, MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 
-__all__ = ["DeformableAttention", "ms_deform_attn", "mmcv_has_cuda_ops", "patch_mmcv_deformable_attention"]
+__all__ = ["DeformableAttention", "ms_deform_attn", "mmcv_has_cuda_ops", "patch_mmcv_deformable_attention",
+           "use_compiled_kernel"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,7 +36,7 @@ def _warn_cuda_fallback() -> None:
     warnings.warn(
         "mmcv was built without CUDA ops: multi-scale deformable attention runs through the slower PyTorch "
         "path on the GPU. Rebuild with `UNISEG_CUDA=1 bash tools/setup_env.sh` for the compiled kernel.",
-        RuntimeWarning, stacklevel=3)
+        RuntimeWarning, stacklevel=4)
 
 
 def _cuda_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
@@ -48,15 +49,23 @@ def _cuda_kernel(value, spatial_shapes, level_start_index, sampling_locations, a
     return out.to(dtype)
 
 
+def use_compiled_kernel(on_cuda: bool) -> bool:
+    """Whether tensors on this device go to mmcv's compiled kernel (warning once when they cannot)."""
+    if not on_cuda:
+        return False
+    if mmcv_has_cuda_ops():
+        return True
+    _warn_cuda_fallback()
+    return False
+
+
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                    sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
                    im2col_step: int = 64) -> torch.Tensor:
     """Sample and weight ``value`` (B, N, heads, C/heads); returns (B, Lq, C)."""
-    if value.is_cuda:
-        if mmcv_has_cuda_ops():
-            return _cuda_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                im2col_step)
-        _warn_cuda_fallback()
+    if use_compiled_kernel(value.is_cuda):
+        return _cuda_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                            im2col_step)
     return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
 
 
