@@ -27,6 +27,20 @@ def test_leaf_names_follow_openmmlab_convention():
 
 
 @pytest.mark.parametrize("path", LEAVES, ids=lambda p: p.stem)
+def test_leaf_name_states_its_schedule_and_crop(path):
+    """`{gpus}xb{batch}-{iters}_{dataset}-{crop}`: the name is what users read, so it must be true."""
+    import re
+
+    cfg = Config.fromfile(str(path))
+    gpus_batch, iters, crop = re.search(r"_(\d+xb\d+)-([\d.]+k?)_.*-(\d+x\d+)\.py$", path.name).groups()
+    assert gpus_batch.split("xb")[1] == str(cfg.train_dataloader.batch_size), "per-GPU batch size"
+    expected_iters = float(iters[:-1]) * 1000 if iters.endswith("k") else float(iters)
+    assert cfg.train_cfg.max_iters == expected_iters
+    h, w = (int(v) for v in crop.split("x"))
+    assert tuple(cfg.model.data_preprocessor.size) == (h, w)
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=lambda p: p.stem)
 def test_leaf_config_builds_a_consistent_model(path):
     cfg = Config.fromfile(str(path))
     classes = cfg.test_dataloader.dataset.metainfo.classes

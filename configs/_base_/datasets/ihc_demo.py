@@ -3,9 +3,8 @@
 # (see data/README.md; regenerate with `python tools/make_demo_data.py --overwrite`).
 # The source resolution is unknown, so mpp is None.
 
-_base_ = ['../augmentations/histology.py']
+_base_ = ['./histology_folder.py']
 
-dataset_type = 'HistologySegDataset'
 data_root = 'data/ihc'
 mpp = None
 metainfo = dict(
@@ -29,45 +28,7 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/train.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/val.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=test_pipeline))
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/test.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=test_pipeline))
-
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
-test_evaluator = val_evaluator
+dataset = dict(data_root=data_root, metainfo=metainfo, mpp=mpp)
+train_dataloader = dict(dataset=dict(**dataset, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))

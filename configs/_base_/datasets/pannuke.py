@@ -2,9 +2,8 @@
 # Convert the three extracted folds first (train fold 1, val fold 2, test fold 3):
 #   python tools/dataset_converters/pannuke.py pannuke/ data/pannuke
 
-_base_ = ['../augmentations/histology.py']
+_base_ = ['./histology_folder.py']
 
-dataset_type = 'HistologySegDataset'
 data_root = 'data/pannuke'
 mpp = 0.25
 metainfo = dict(
@@ -31,45 +30,8 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/train.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/val.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=test_pipeline))
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='splits/test.txt',
-        data_prefix=dict(img_path='images', seg_map_path='masks'),
-        metainfo=metainfo,
-        mpp=mpp,
-        pipeline=test_pipeline))
-
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
-test_evaluator = val_evaluator
+dataset = dict(data_root=data_root, metainfo=metainfo, mpp=mpp)
+# 128 px samples: 8 per GPU
+train_dataloader = dict(batch_size=8, dataset=dict(**dataset, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))

@@ -1,5 +1,5 @@
 # UNI (ViT-L/16) + ViT-Adapter + Mask2Former on PanNuke nucleus types (256 px patches at 0.25 um/px are 128 px
-# at UNI's 0.5 um/px), 8 GPUs x 2, 40k iterations. Whole-image inference: a patch is smaller than a window.
+# at UNI's 0.5 um/px), 8 GPUs x 8, 40k iterations. Whole-image inference: a patch is smaller than a window.
 _base_ = [
     '../_base_/models/mask2former_vit-adapter_uni.py',
     '../_base_/datasets/pannuke.py',
