@@ -14,7 +14,9 @@ import uniseg.datasets  # noqa: F401  (registers HistologySegDataset)
 from mmseg.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_DATASETS = sorted((REPO / "configs" / "_base_" / "datasets").glob("*.py"))
+# every dataset file; histology_folder.py is the layout they share (no data_root, no pipelines)
+BASE_DATASETS = sorted(p for p in (REPO / "configs" / "_base_" / "datasets").glob("*.py")
+                       if p.stem != "histology_folder")
 
 
 def write_layout(root: Path, splits: Dict[str, Sequence[str]], num_classes: int = 3, size=(40, 48),
