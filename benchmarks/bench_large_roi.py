@@ -245,8 +245,11 @@ def main(argv=None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench_roi_", dir=args.cache))
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     results = {}
+    from mmengine.config import Config
+
+    num_classes = Config.fromfile(args.config).model.decode_head.num_classes
     for method in args.methods:
-        need = mmseg_bytes_needed(args.size, 8)
+        need = mmseg_bytes_needed(args.size, num_classes)
         if method == "mmseg" and need > 0.8 * total_ram:
             print(f"mmseg slide_inference at {args.size}^2 needs at least {need / 2**30:.1f} GiB for its tensors "
                   f"(machine: {total_ram / 2**30:.1f} GiB): not run")
