@@ -74,11 +74,17 @@ fi
 
 # Constraints keep every later install from swapping torch (and with it mmcv's ABI) underneath us.
 CONSTRAINTS="$VENV/uniseg-constraints.txt"
-printf 'torch==%s\ntorchvision==%s\nmmcv==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" "$MMCV_VERSION" >"$CONSTRAINTS"
+# mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 82 no longer ships; torch >= 2.10
+# requires setuptools >= 77.0.3. The pin goes into the constraints so that installing torch cannot lift it.
+case "$TORCH_VERSION" in
+  2.[0-9].*) SETUPTOOLS_SPEC='setuptools<70' ;;  # what the tested torch 2.9.1 stack was built with
+  *)         SETUPTOOLS_SPEC='setuptools>=77.0.3,<82' ;;
+esac
+printf 'torch==%s\ntorchvision==%s\nmmcv==%s\n%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" "$MMCV_VERSION" \
+  "$SETUPTOOLS_SPEC" >"$CONSTRAINTS"
 
 log "installing build tools and torch $TORCH_VERSION / torchvision $TORCHVISION_VERSION"
-# mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 70 no longer ships.
-"${PIP[@]}" install -q 'setuptools<70' wheel ninja
+"${PIP[@]}" install -q -c "$CONSTRAINTS" setuptools wheel ninja
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # ---------------------------------------------------------------- mmcv with compiled ops
@@ -115,7 +121,10 @@ build_mmcv_wheel() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   log "building mmcv $MMCV_VERSION ops from source for $BUILD_TAG (about 20 minutes on 2 cores)"
-  "${PIP[@]}" download -q --no-deps --no-binary :all: --no-cache-dir "mmcv==$MMCV_VERSION" -d "$work"
+  # --no-build-isolation: reading the sdist's metadata runs its setup.py, which imports pkg_resources;
+  # an isolated build environment would get the newest setuptools, which no longer has it.
+  "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation --no-cache-dir "mmcv==$MMCV_VERSION" \
+    -d "$work"
   tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
   src="$work/mmcv-$MMCV_VERSION"
   # torch >= 2.10 headers refuse C++17 (open-mmlab/mmcv#3341); mmcv hard-codes -std=c++17.
