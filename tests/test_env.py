@@ -189,3 +189,14 @@ def test_tested_matrix_agrees_with_setup_env_and_stack_txt():
 def test_expected_build_tag_matches_setup_env_format():
     assert env.expected_build_tag("2.9.1+cu128", cuda=False) == f"torch2.9.1-cpu-{_py_tag()}-{platform.machine()}"
     assert env.expected_build_tag("2.9.1", cuda=True).startswith("torch2.9.1-cuda-")
+
+
+def test_version_drift_is_a_warning_whose_fix_names_the_venv(capsys, marker, monkeypatch):
+    """Outside the repo's .venv the suggested command must set UNISEG_VENV, or it would set up another venv."""
+    monkeypatch.setitem(env.TESTED_MATRIX, "timm", "0.0.1")
+    code, out = _run(capsys, "--json")
+    assert code == 0
+    (warning,) = [m for m in _messages(out, "warning") if "versions differ" in m]
+    assert "timm" in warning and "(tested 0.0.1)" in warning
+    assert f"rm -f {marker.with_name('.uniseg-env-stamp')} && UNISEG_VENV={marker.parent} bash tools/setup_env.sh" \
+        in warning

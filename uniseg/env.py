@@ -339,7 +339,9 @@ def _diagnose(packages: Dict[str, Dict[str, Any]], torch_info: Dict[str, Any], o
             differ.append(f"{pkg.tested_as} {have} (tested {TESTED_MATRIX[pkg.tested_as]})")
     if differ:
         # The script skips all work while its stamp matches, so the stamp goes first.
-        warn(f"versions differ from the tested matrix: {', '.join(differ)}; `rm -f {stamp} && {SETUP_CMD}` "
+        venv = stamp.parent
+        setup = SETUP_CMD if venv == Path(__file__).resolve().parents[1] / ".venv" else f"UNISEG_VENV={venv} {SETUP_CMD}"
+        warn(f"versions differ from the tested matrix: {', '.join(differ)}; `rm -f {stamp} && {setup}` "
              f"installs the tested versions")
     return problems
 
