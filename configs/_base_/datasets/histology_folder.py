@@ -16,18 +16,13 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(**folder_layout, ann_file='splits/train.txt'))
-val_dataloader = dict(
+eval_loader = dict(
     batch_size=1,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**folder_layout, ann_file='splits/val.txt'))
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**folder_layout, ann_file='splits/test.txt'))
+    sampler=dict(type='DefaultSampler', shuffle=False))
+val_dataloader = dict(**eval_loader, dataset=dict(**folder_layout, ann_file='splits/val.txt'))
+test_dataloader = dict(**eval_loader, dataset=dict(**folder_layout, ann_file='splits/test.txt'))
 
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
 test_evaluator = val_evaluator
