@@ -233,3 +233,22 @@ def test_instance_map_objects_must_lie_on_cell_classes():
     ev = evaluator("mmseg", classes=SEM_CLASSES, pred_source="semantic", gt_source="instance_map")
     with pytest.raises(ValueError, match=r"bad.png: 1 objects of gt_instance_map lie on gt_sem_seg values \[0\]"):
         ev.process([seg])
+
+
+def test_custom_imports_register_the_metric_for_an_mmdet_scoped_config(tmp_path, repo_root):
+    """A fresh interpreter with only mmdet's scope: the config's custom_imports=['uniseg'] is what registers it."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cells.py"
+    cfg.write_text("default_scope = 'mmdet'\n"
+                   "custom_imports = dict(imports=['uniseg'], allow_failed_imports=False)\n"
+                   "test_evaluator = dict(type='CellInstanceMetric', score_thr=0.3, pair_radius=6.0)\n")
+    code = ("import sys; from mmengine.config import Config; from mmengine.registry import init_default_scope; "
+            "from mmengine.evaluator import Evaluator; from mmdet.registry import METRICS; "
+            "assert METRICS.get('CellInstanceMetric') is None or 'uniseg' in sys.modules; "
+            f"cfg = Config.fromfile({str(cfg)!r}); init_default_scope(cfg.default_scope); "
+            "m = Evaluator(cfg.test_evaluator).metrics[0]; print(type(m).__module__, m.score_thr, m.pair_radius)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["uniseg.evaluation.metrics.cell_metric", "0.3", "6.0"]
