@@ -12,8 +12,8 @@ PanNuke-metrics' ``utils.py``; an IoU of exactly 0.5 is not a match). Per image:
 
 * bPQ (binary): every class merged into one, PQ per image, then the mean over images.
 * per-class PQ_c: the class-c ground truth against the class-c predictions only, per image, then
-  the mean over all images (PanNuke-metrics prints it over all images, not per tissue). A predicted object of the wrong class is therefore an FP of its class *and*
-  leaves an FN in the true class.
+  the mean over all images (PanNuke-metrics prints it over all images, not per tissue). A predicted
+  object of the wrong class is therefore an FP of its class *and* leaves an FN in the true class.
 * mPQ: per image, the mean of PQ_c over the classes, then the mean over images ("per image over
   classes first", PanNuke-metrics ``run.py``: ``mPQ_each_image = [np.nanmean(pq) for pq in mPQ_all]``).
 * An image (for bPQ) or an image-class (for PQ_c) whose ground truth is empty gives NaN and is left

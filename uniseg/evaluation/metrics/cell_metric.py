@@ -115,7 +115,8 @@ class CellInstanceMetric(BaseMetric):
         self.match_iou = match_iou
         self.pair_radius = pair_radius
         self.classes = None if classes is None else [str(c) for c in classes]
-        self.semantic_thing_classes = None if semantic_thing_classes is None else [int(v) for v in semantic_thing_classes]
+        self.semantic_thing_classes = (None if semantic_thing_classes is None
+                                       else [int(v) for v in semantic_thing_classes])
         self.connectivity = connectivity
         self.min_area = min_area
         self.gt_instance_map_key = gt_instance_map_key
@@ -158,7 +159,8 @@ class CellInstanceMetric(BaseMetric):
         for sample in data_samples:
             if isinstance(sample, BaseDataElement):
                 sample = sample.to_dict()
-            image = sample.get("img_path") or sample.get("img_id") or "<image without img_path>"
+            image = next((str(sample[k]) for k in ("img_path", "img_id") if sample.get(k) is not None),
+                         "<image without img_path>")
             gt = self._ground_truth(sample, image, values)
             pred = self._prediction(sample, image, values)
             if gt.ids.shape != pred.ids.shape:
