@@ -6,5 +6,6 @@ registries, which is what ``custom_imports = dict(imports=['uniseg'])`` in a con
 from .version import __version__
 
 from . import datasets, engine, models  # noqa: E402,F401  (registration side effects)
+from . import evaluation  # noqa: E402,F401  (registers CellInstanceMetric in mmdet and mmseg METRICS)
 
 __all__ = ["__version__"]
