@@ -245,7 +245,8 @@ class HistologyInstanceDataset(BaseDetDataset):
             missing entries come from meta.json.
         check_annotations: Read and check every class mask and instance map when the dataset is built,
             so an inconsistent file stops the run before training rather than in a worker mid-epoch
-            (about 2 ms per 256x256 tile). The loading transform checks each sample again when read.
+            (7 ms per 256x256 tile measured on a 2-core machine: about 20 s for a PanNuke fold). The
+            loading transform checks each sample again when read.
             With it, samples also carry ``num_instances`` and ``instance_labels`` (used by
             ``filter_cfg=dict(filter_empty_gt=True)`` and :meth:`get_cat_ids`).
         **kwargs: Any other :class:`mmdet.datasets.BaseDetDataset` argument (pipeline, test_mode, filter_cfg, ...).
