@@ -22,6 +22,8 @@ from uniseg.datasets.converters import convert_bcss, convert_crag, convert_pannu
 from uniseg.datasets.converters.bcss import BCSS_CODES, tile_origins
 from uniseg.datasets.converters.common import carve_val_split
 from uniseg.datasets.converters.pannuke import instances_to_semantic
+from uniseg.datasets.converters import convert_consep
+from uniseg.datasets.converters.pannuke import instances_to_objects
 from uniseg.utils.imageio import ImageReadError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,6 +300,135 @@ def test_pannuke_custom_fold_assignment(tmp_path: Path) -> None:
         convert_pannuke(src, tmp_path / "o2", train_folds=[1, 2], val_folds=[2])
 
 
+def test_instances_to_objects_one_object_per_channel_and_id() -> None:
+    masks = np.zeros((6, 6, 6))
+    masks[0:2, 0:2, 0] = 4  # neoplastic 4
+    masks[0:2, 4:6, 2] = 4  # connective 4: same id, other channel -> another nucleus
+    masks[3:5, 0:3, 1] = 9  # inflammatory 9, partly covered by epithelial 2
+    masks[3:5, 2:4, 4] = 2
+    masks[5, 5, 3] = 6  # dead 6, entirely covered by epithelial 1
+    masks[5, 5, 4] = 1
+    objects = instances_to_objects(masks)
+    semantic = instances_to_semantic(masks)
+    assert objects.max() == 5 and len(np.unique(objects)) == 6  # 4, 4', 9, 2, 1 (dead 6 lost every pixel)
+    assert objects[0, 0] != objects[0, 4]
+    assert (objects[3:5, 2] == objects[3, 3]).all() and (objects[3:5, 0:2] == objects[3, 0]).all()
+    for k in range(1, 6):  # every object lies on one class, the class of its channel
+        assert len(np.unique(semantic[objects == k])) == 1
+    assert np.array_equal(objects > 0, semantic > 0)
+    masks[0, 0, 0] = 4.5
+    with pytest.raises(ValueError, match="channel 0 holds non-integer instance ids"):
+        instances_to_objects(masks)
+
+
+def test_pannuke_writes_instances_beside_masks(tmp_path: Path) -> None:
+    from uniseg.datasets.instances import read_instance_annotation, thing_label_lookup
+
+    src, out = make_pannuke(tmp_path / "pannuke"), tmp_path / "out"
+    meta = convert_pannuke(src, out)
+    classes = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
+    assert meta["thing_classes"] == list(classes[1:]) and "instance_rule" in meta
+    stems = sorted(p.stem for p in (out / "masks").glob("*.png"))
+    assert stems == sorted(p.stem for p in (out / "instances").glob("*.png"))
+    ids = read(out / "instances" / "fold1_00001_Bile-duct.png")
+    assert ids.dtype == np.uint16 and ids.max() == 3
+    assert ids[3, 3] == 1 and ids[8, 8] == 2 and ids[11, 11] == 3 and ids[0, 0] == 0
+    source = np.load(src / "Fold 1" / "masks" / "fold1" / "masks.npy")[1]
+    assert np.array_equal(ids == 2, (source[..., 1] > 0) & (source[..., 4] == 0)), "epithelial wins the overlap"
+    ann = read_instance_annotation(out / "masks" / "fold1_00001_Bile-duct.png", out / "instances" /
+                                   "fold1_00001_Bile-duct.png", thing_label_lookup(classes, classes[1:]))
+    assert ann.instances.labels.tolist() == [0, 1, 4]  # neoplastic, inflammatory, epithelial
+    convert_pannuke(src, tmp_path / "semantic_only", instances=False)
+    assert not (tmp_path / "semantic_only" / "instances").exists()
+    assert "thing_classes" not in json.loads((tmp_path / "semantic_only" / "meta.json").read_text())
+    semantic_only = read(tmp_path / "semantic_only" / "masks" / f"{stems[0]}.png")
+    assert np.array_equal(semantic_only, read(out / "masks" / f"{stems[0]}.png"))
+
+
+# -------------------------------------------------------------------------------------------- CoNSeP
+
+CONSEP_SIZE = (30, 36)
+
+
+def consep_label(seed: int):
+    """inst_map with 6 nuclei (ids 1..6), their types 1..7, a consistent type_map and centroids."""
+    inst_map = np.zeros(CONSEP_SIZE)
+    types = np.array([1, 2, 3, 4, 5, 7][seed % 2:] + [6][: seed % 2])
+    for k in range(1, 7):
+        y, x = divmod(k - 1, 3)
+        inst_map[2 + 9 * y:8 + 9 * y, 2 + 11 * x:9 + 11 * x] = k
+    type_map = np.concatenate([[0], types])[inst_map.astype(int)]
+    centroids = np.array([[5.0 + 11 * ((k - 1) % 3), 5.0 + 9 * ((k - 1) // 3)] for k in range(1, 7)])
+    return {"inst_map": inst_map, "type_map": type_map.astype(float), "inst_type": types[:, None].astype(float),
+            "inst_centroid": centroids}
+
+
+def make_consep(root: Path) -> Path:
+    from scipy.io import savemat
+
+    src = root / "CoNSeP"
+    for folder, prefix, n in (("Train", "train", 4), ("Test", "test", 2)):
+        for i in range(1, n + 1):
+            rgba = np.dstack([rgb(*CONSEP_SIZE), np.full(CONSEP_SIZE, 255, np.uint8)])
+            save(rgba, src / folder / "Images" / f"{prefix}_{i}.png")
+            (src / folder / "Labels").mkdir(parents=True, exist_ok=True)
+            savemat(src / folder / "Labels" / f"{prefix}_{i}.mat", consep_label(i))
+        (src / folder / "Overlay").mkdir()
+    return root
+
+
+def test_consep_converts_to_instances_with_merged_types(tmp_path: Path) -> None:
+    from uniseg.datasets.instances import read_instance_annotation, thing_label_lookup
+
+    src, out = make_consep(tmp_path / "src"), tmp_path / "out"
+    meta = convert_consep(src, out, val_fraction=0.25, seed=1)
+    classes = ("background", "other", "inflammatory", "epithelial", "spindle-shaped")
+    assert_layout(out, classes, 0.25)
+    assert meta["thing_classes"] == list(classes[1:])
+    assert split(out, "test") == ["test_1", "test_2"] and len(split(out, "val")) == 1
+    assert sorted(split(out, "train") + split(out, "val")) == [f"train_{i}" for i in range(1, 5)]
+    label = consep_label(2)
+    ids = read(out / "instances" / "train_2.png")
+    assert np.array_equal(ids, label["inst_map"].astype(np.uint16))
+    merged = np.array([0, 1, 2, 3, 3, 4, 4, 4])[label["type_map"].astype(int)]
+    assert np.array_equal(read(out / "masks" / "train_2.png"), merged)
+    image = read(out / "images" / "train_2.png")
+    assert np.array_equal(image, read(src / "CoNSeP" / "Train" / "Images" / "train_2.png")[..., :3])
+    ann = read_instance_annotation(out / "masks" / "train_2.png", out / "instances" / "train_2.png",
+                                   thing_label_lookup(classes, classes[1:]))
+    assert ann.instances.labels.tolist() == (np.array([1, 2, 3, 3, 4, 4]) - 1).tolist()
+    assert meta["type_map_disagreement"] == {"pixels": 0, "per_image": {}}
+    assert meta["nucleus_counts"] == {"epithelial": 12, "inflammatory": 6, "other": 3, "spindle-shaped": 15}
+
+
+def test_consep_keeps_seven_types_and_counts_type_map_disagreement(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    src = make_consep(tmp_path / "src")
+    label = consep_label(1)
+    label["type_map"][2, 2] = 7  # one pixel of nucleus 1 (type 2) says endothelial
+    savemat(src / "CoNSeP" / "Train" / "Labels" / "train_1.mat", label)
+    meta = convert_consep(src, tmp_path / "out", merge_types=False)
+    assert meta["classes"][3:5] == ["healthy_epithelial", "dysplastic_malignant_epithelial"]
+    assert len(meta["classes"]) == 8 and meta["thing_classes"] == meta["classes"][1:]
+    mask = read(tmp_path / "out" / "masks" / "train_1.png")
+    assert np.array_equal(mask, np.concatenate([[0], label["inst_type"][:, 0]])[label["inst_map"].astype(int)])
+    assert meta["type_map_disagreement"] == {"pixels": 1, "per_image": {"train_1": 1}}
+
+
+def test_consep_dataset_reads_the_conversion(tmp_path: Path) -> None:
+    from mmengine.registry import DefaultScope
+    from mmdet.registry import DATASETS
+
+    out = tmp_path / "out"
+    convert_consep(make_consep(tmp_path / "src"), out, val_fraction=0.0)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        ds = DATASETS.build(dict(type="HistologyInstanceDataset", data_root=str(out), ann_file="splits/test.txt",
+                                 pipeline=[]))
+    assert ds.metainfo["classes"] == ("other", "inflammatory", "epithelial", "spindle-shaped")
+    assert ds.metainfo["mpp"] == 0.25 and ds.get_data_info(0)["num_instances"] == 6
+
+
 # ------------------------------------------------------------------------------- shared error checks
 
 def _crag_mismatch(src: Path) -> Path:
@@ -363,6 +494,34 @@ def _pannuke_pixels(src: Path) -> Path:
     return path
 
 
+def _pannuke_fraction(src: Path) -> Path:
+    path = _pannuke_path(src, 3, "masks")
+    masks = np.load(path)
+    masks[0, 2, 2, 0] = 3.5
+    np.save(path, masks)
+    return path
+
+
+def _consep_label(src: Path, name: str, **changes) -> Path:
+    from scipy.io import savemat
+
+    split_dir = "Train" if name.startswith("train") else "Test"
+    path = src / "CoNSeP" / split_dir / "Labels" / f"{name}.mat"
+    label = consep_label(int(name.split("_")[1]))
+    for key, value in changes.items():
+        if value is None:
+            del label[key]
+        else:
+            label[key] = value
+    savemat(path, label)
+    return path
+
+
+def _consep_missing_id(src: Path) -> Path:
+    label = consep_label(2)
+    return _consep_label(src, "train_2", inst_type=label["inst_type"][:5])
+
+
 SEGPATH_IMG = Path("panCK_Epithelium") / "s2_HE.png"
 BCSS_RGB = Path("0_Public-data-Amgad2019_0.25MPP") / "rgbs_colorNormalized" / "TCGA-A2-A0YE-DX1_xmin5_ymin6_MPP-0.2500.png"
 BCSS_MASK = Path("0_Public-data-Amgad2019_0.25MPP") / "masks" / "TCGA-A1-A0SK-DX1_xmin100_ymin200_MPP-0.2500.png"
@@ -398,6 +557,20 @@ ERROR_CASES: Dict[str, tuple] = {
                             ConversionError),
     "pannuke-missing-masks": (make_pannuke, convert_pannuke, lambda s: _unlink(_pannuke_path(s, 3, "masks")),
                               ConversionError),
+    "pannuke-fractional-id": (make_pannuke, convert_pannuke, _pannuke_fraction, ConversionError),
+    "consep-unknown-type": (make_consep, convert_consep,
+                            lambda s: _consep_label(s, "train_3", inst_type=np.array([[1], [2], [9], [1], [1], [1]])),
+                            ConversionError),
+    "consep-id-without-type": (make_consep, convert_consep, _consep_missing_id, ConversionError),
+    "consep-size-mismatch": (make_consep, convert_consep,
+                             lambda s: _consep_label(s, "test_2", inst_map=np.zeros((30, 35)),
+                                                     type_map=np.zeros((30, 35))), ConversionError),
+    "consep-corrupt-mat": (make_consep, convert_consep,
+                           lambda s: _garbage(s / "CoNSeP" / "Test" / "Labels" / "test_1.mat"), ConversionError),
+    "consep-missing-mat": (make_consep, convert_consep,
+                           lambda s: _unlink(s / "CoNSeP" / "Train" / "Labels" / "train_4.mat"), ConversionError),
+    "consep-no-inst-type": (make_consep, convert_consep,
+                            lambda s: _consep_label(s, "train_1", inst_type=None), ConversionError),
 }
 
 
@@ -491,6 +664,7 @@ CLI_CASES: Dict[str, tuple] = {
     "segpath": (make_segpath, ["--antibody", "panCK"]),
     "bcss": (make_bcss, ["--tile", "32", "--classes", "main"]),
     "pannuke": (make_pannuke, ["--train-folds", "1", "2", "--val-folds", "--test-folds", "3"]),
+    "consep": (make_consep, ["--keep-7-types", "--val-fraction", "0.25"]),
 }
 
 
@@ -507,3 +681,11 @@ def test_cli_converts_and_reports_errors(name: str, tmp_path: Path, capsys: pyte
     assert cli.main([str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 1
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
 
+
+
+def test_pannuke_cli_without_instances(tmp_path: Path) -> None:
+    src, out = make_pannuke(tmp_path / "src"), tmp_path / "out"
+    assert load_cli("pannuke").main([str(src), str(out), "--no-instances"]) == 0
+    assert (out / "masks").is_dir() and not (out / "instances").exists()
+    assert load_cli("pannuke").main([str(src), str(tmp_path / "with")]) == 0
+    assert len(list((tmp_path / "with" / "instances").glob("*.png"))) == sum(FOLD_SIZES.values())

@@ -7,6 +7,8 @@ Every converter turns a public dataset, as its users download it, into one layou
     <out>/masks/<stem>.png            uint8 labels 0..K-1, 255 = ignore
     <out>/splits/{train,val,test}.txt one stem per line
     <out>/meta.json                   classes, palette, mpp, source, converter, ...
+    <out>/instances/<stem>.png        (instance converters) 16-bit object ids, 0 = none; meta.json
+                                      then also lists "thing_classes" (see uniseg.datasets.instances)
 
 The whole output is produced inside :func:`uniseg.utils.atomic_output_dir`, so a converter that
 meets a corrupt file half-way through a 7,000-image dataset leaves nothing at the destination
@@ -35,6 +37,7 @@ SPLIT_NAMES = ("train", "val", "test")
 __all__ = [
     "IGNORE_INDEX", "SPLIT_NAMES", "ConversionError", "check_same_size", "check_labels", "carve_val_split",
     "check_fraction", "save_png", "write_split_files", "write_meta", "LayoutWriter",
+    "save_instance_png",
 ]
 
 
@@ -98,6 +101,20 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=6, optimize=False)
 
 
+def save_instance_png(ids: np.ndarray, path: Path) -> None:
+    """Write an (H, W) instance-id map as a 16-bit grey PNG (byte-stable); ids must fit in 0..65535."""
+    from PIL import Image
+
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "ui":
+        raise ValueError(f"{path}: an instance map must be a 2-D integer array, got {ids.dtype} {ids.shape}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > 65535):
+        raise ConversionError(f"{path}: instance ids must be within 0..65535 to fit a 16-bit PNG, got "
+                              f"{int(ids.min())}..{int(ids.max())}")
+    Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint16)).save(path, format="PNG", compress_level=6,
+                                                                     optimize=False)
+
+
 def write_split_files(root: Path, splits: Mapping[str, Sequence[str]]) -> None:
     """Write ``splits/<name>.txt`` (one stem per line) for every split that has items."""
     split_dir = root / "splits"
@@ -137,9 +154,16 @@ class LayoutWriter:
     """
 
     def __init__(self, out_dir: PathLike, classes: Sequence[str],
-                 palette: Optional[Sequence[Sequence[int]]] = None, overwrite: bool = False) -> None:
+                 palette: Optional[Sequence[Sequence[int]]] = None, overwrite: bool = False,
+                 thing_classes: Optional[Sequence[str]] = None) -> None:
         if not classes:
             raise ValueError("classes must not be empty")
+        # Instance output (instances/): the classes that come as objects; default all but class 0.
+        self.thing_classes = tuple(classes[1:] if thing_classes is None else thing_classes)
+        unknown = [t for t in self.thing_classes if t not in classes]
+        if unknown:
+            raise ValueError(f"thing classes {unknown} are not among the classes {list(classes)}")
+        self._with_instances: set = set()
         self.out_dir = Path(out_dir)
         self.classes = tuple(classes)
         self.palette: List[Color] = resolve_palette(self.classes, palette)
@@ -173,8 +197,13 @@ class LayoutWriter:
             raise RuntimeError("LayoutWriter is not open; use it as a context manager")
         return self._root
 
-    def add(self, stem: str, image: np.ndarray, mask: np.ndarray, source: PathLike = "") -> None:
-        """Validate and write one pair. ``source`` names the input in error messages."""
+    def add(self, stem: str, image: np.ndarray, mask: np.ndarray, source: PathLike = "",
+            instances: Optional[np.ndarray] = None) -> None:
+        """Validate and write one pair. ``source`` names the input in error messages.
+
+        ``instances`` (optional, (H, W) integer ids, 0 = no object) is written to ``instances/`` after
+        the checks the instance dataset applies (see :func:`uniseg.datasets.instances.parse_instance_annotation`).
+        """
         where = source or stem
         if not stem or "/" in stem or "\\" in stem or stem != stem.strip():
             raise ConversionError(f"{where}: invalid output stem {stem!r}")
@@ -186,6 +215,18 @@ class LayoutWriter:
             raise ConversionError(f"{where}: mask must be single-channel, got shape {mask.shape}")
         check_same_size(image, mask, where, where)
         check_labels(mask, len(self.classes), where)
+        if instances is not None:
+            from uniseg.datasets.instances import InstanceAnnotationError, parse_instance_annotation, \
+                thing_label_lookup
+
+            try:
+                parse_instance_annotation(instances, mask, thing_label_lookup(self.classes, self.thing_classes),
+                                          IGNORE_INDEX, self.classes, where=str(where))
+            except InstanceAnnotationError as exc:
+                raise ConversionError(str(exc)) from exc
+            (self.root / "instances").mkdir(exist_ok=True)
+            save_instance_png(instances, self.root / "instances" / f"{stem}.png")
+            self._with_instances.add(stem)
         save_png(image, self.root / "images" / f"{stem}.png")
         save_png(mask.astype(np.uint8), self.root / "masks" / f"{stem}.png")
         self._seen.add(stem)
@@ -204,6 +245,12 @@ class LayoutWriter:
                 raise ConversionError(f"{self.out_dir}: split {name!r} lists stems that were not written: {missing[:5]}")
         if not clean.get("train"):
             raise ConversionError(f"{self.out_dir}: the conversion produced no training images")
+        if self._with_instances:
+            lacking = [s for s in self.stems if s not in self._with_instances]
+            if lacking:
+                raise ConversionError(f"{self.out_dir}: instance maps were written for some images but not for "
+                                      f"{lacking[:5]}")
+            extra = dict(extra, thing_classes=list(self.thing_classes))
         write_split_files(self.root, clean)
         counts = {name: len(stems) for name, stems in clean.items()}
         meta = write_meta(self.root, self.classes, self.palette, mpp, source, converter,

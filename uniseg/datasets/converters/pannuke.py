@@ -19,6 +19,13 @@ connective (3), dead (4), epithelial (5) -- built from channels 0..4 (a pixel cl
 which happens rarely at instance borders, takes the later channel, the convention of the HoVer-Net
 PanNuke loader). Stems are ``fold<k>_<index>_<tissue>``; meta.json counts patches per tissue.
 
+With ``instances=True`` (the default) every nucleus also becomes an object in ``instances/<stem>.png``
+(the instance layout of :mod:`uniseg.datasets.instances`; thing classes: the five nucleus types).
+Each (channel, id) pair is one object -- ids are per channel in the source, so equal ids in two
+channels are two nuclei -- numbered 1..n in channel order, and the same later-channel-wins rule
+decides contested pixels, so every object lies on exactly its own type in ``masks/``. An object that
+loses all its pixels to a later channel disappears from both.
+
 Splits: PanNuke is published as three folds for 3-fold cross-validation; the default is the paper's
 first configuration (train fold 1, val fold 2, test fold 3). Any assignment of folds to splits can be
 chosen, and a fold may appear in only one split. Resolution: 40x, 0.25 um/px (``PANNUKE_MPP``).
@@ -32,9 +39,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from uniseg.structures.instances import relabel_dense
+
 from .common import ConversionError, LayoutWriter, PathLike
 
-__all__ = ["PANNUKE_CLASSES", "PANNUKE_MPP", "find_fold_files", "instances_to_semantic", "convert_pannuke"]
+__all__ = ["PANNUKE_CLASSES", "PANNUKE_MPP", "find_fold_files", "instances_to_semantic", "instances_to_objects",
+           "convert_pannuke"]
 
 PANNUKE_CLASSES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
 PANNUKE_PALETTE = ((0, 0, 0), (213, 94, 0), (0, 114, 178), (0, 158, 115), (128, 128, 128), (240, 228, 66))
@@ -90,6 +100,25 @@ def instances_to_semantic(masks: np.ndarray) -> np.ndarray:
     return labels
 
 
+def instances_to_objects(masks: np.ndarray) -> np.ndarray:
+    """(H, W, 6) PanNuke instance channels -> (H, W) int32 object ids 1..n (later channels win overlaps).
+
+    Consistent with :func:`instances_to_semantic`: each pixel's object comes from the channel that
+    gives the pixel its class. Ids must be whole numbers (the arrays are often stored as float64).
+    """
+    objects = np.zeros(masks.shape[:2], dtype=np.int64)
+    offset = 0
+    for channel in range(_NUM_TYPES):
+        ids = np.asarray(masks[..., channel])
+        if not np.array_equal(ids, np.floor(ids)):
+            raise ValueError(f"channel {channel} holds non-integer instance ids")
+        ids = ids.astype(np.int64)
+        dense, source = relabel_dense(ids)
+        objects[dense > 0] = dense[dense > 0] + offset
+        offset += len(source)
+    return relabel_dense(objects)[0]
+
+
 def _to_uint8_image(patch: np.ndarray, path: Path, index: int) -> np.ndarray:
     if patch.dtype == np.uint8:
         return np.ascontiguousarray(patch)
@@ -122,8 +151,12 @@ def _check_fold(images: np.ndarray, masks: np.ndarray, types: Optional[np.ndarra
 
 
 def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (1,), val_folds: Sequence[int] = (2,),
-                    test_folds: Sequence[int] = (3,), overwrite: bool = False, progress: bool = False) -> Dict[str, Any]:
-    """Convert PanNuke folds at ``src`` into the uniseg layout at ``out``; returns meta.json's content."""
+                    test_folds: Sequence[int] = (3,), overwrite: bool = False, progress: bool = False,
+                    instances: bool = True) -> Dict[str, Any]:
+    """Convert PanNuke folds at ``src`` into the uniseg layout at ``out``; returns meta.json's content.
+
+    ``instances=True`` also writes ``instances/`` (one object per nucleus, see the module docstring).
+    """
     assignment: Dict[int, str] = {}
     for split, folds in (("train", train_folds), ("val", val_folds), ("test", test_folds)):
         for fold in folds:
@@ -152,8 +185,14 @@ def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (
                     raise ConversionError(f"{paths[1]}[{index}]: instance ids must be finite and non-negative")
                 tissue = str(types[index]) if types is not None else "unknown"
                 stem = f"fold{fold}_{index:05d}_{_safe(tissue)}"
+                objects = None
+                if instances:
+                    try:
+                        objects = instances_to_objects(channels)
+                    except ValueError as exc:
+                        raise ConversionError(f"{paths[1]}[{index}]: {exc}") from exc
                 writer.add(stem, _to_uint8_image(images[index], paths[0], index), instances_to_semantic(channels),
-                           source=f"{paths[1]}[{index}]")
+                           source=f"{paths[1]}[{index}]", instances=objects)
                 splits[assignment[fold]].append(stem)
                 tissues[tissue] += 1
         return writer.finish(
@@ -163,4 +202,7 @@ def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (
             folds={str(k): v for k, v in sorted(assignment.items())},
             split_rule="whole folds per split (default: the paper's train 1 / val 2 / test 3)",
             tissue_counts=dict(sorted(tissues.items())),
+            **({"instance_rule": "one object per (channel, id) pair of masks.npy channels 0..4, numbered 1..n in "
+                                 "channel order; later channels win contested pixels, as in masks/"}
+               if instances else {}),
         )
