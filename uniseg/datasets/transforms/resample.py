@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
+from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmseg.registry import TRANSFORMS
 
 __all__ = ["ResampleToMPP", "resize_nearest"]
@@ -34,6 +35,7 @@ def resize_nearest(seg: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(seg[rows[:, None], cols[None, :]])
 
 
+@MMDET_TRANSFORMS.register_module()
 @TRANSFORMS.register_module()
 class ResampleToMPP(BaseTransform):
     """Rescale image and seg maps from ``results['mpp']`` to ``target_mpp`` microns per pixel.
