@@ -9,7 +9,7 @@ _base_ = ['./histology_folder.py', '../augmentations/fluorescence.py']
 data_root = 'data/nuclei'
 mpp = None
 metainfo = dict(classes=('background', 'nucleus'), palette=[[0, 0, 0], [86, 180, 233]])
-crop_size = (128, 128)
+crop_size = (256, 256)  # the whole quadrant: the models are trained at the size they are tested at
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

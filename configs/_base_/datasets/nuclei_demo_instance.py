@@ -8,7 +8,7 @@ _base_ = ['./histology_instance_folder.py', '../augmentations/fluorescence.py']
 data_root = 'data/nuclei'
 mpp = None
 metainfo = dict(classes=('nucleus', ))  # the thing classes; class names of masks/ come from meta.json
-crop_size = (128, 128)
+crop_size = (256, 256)  # the whole quadrant: the models are trained at the size they are tested at
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
