@@ -34,6 +34,16 @@ def _build(cfg_dict, scope: str = "mmdet", device: str = "cpu"):
         return MODELS.build(copy.deepcopy(cfg_dict))
 
 
+def _tool(name: str):
+    """A script of tools/ as a module, loaded by path (``test`` would otherwise be the standard library's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"uniseg_tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _dataset(cfg_dict, scope: str = "mmdet"):
     from mmengine.registry import DATASETS
 
@@ -128,7 +138,7 @@ def test_tiny_instance_model_trains_and_predicts_full_size_masks(demo_cfg):
     model = _build(demo_cfg.model)
     model.train()
     data = model.data_preprocessor(_batch(demo_cfg, "train", 2), True)
-    assert data["inputs"].shape[-2:] == (128, 128)
+    assert tuple(data["inputs"].shape[-2:]) == tuple(demo_cfg.crop_size)
     losses = model(**data, mode="loss")
     for key in ("loss_cls", "loss_mask", "loss_dice", "d0.loss_dice"):
         assert torch.isfinite(losses[key]) and losses[key] > 0, key
@@ -307,7 +317,7 @@ def test_tiny_instance_model_overfits_two_images(demo_cfg):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     after = score()
     print(f"overfit: loss {losses[0]:.2f} -> {losses[-1]:.2f}; bPQ {before['bPQ']} -> {after['bPQ']}, "
           f"F1_d {before['F1_d']} -> {after['F1_d']}, objects {after['num_gt']} gt / {after['num_pred']} pred")
@@ -352,14 +362,34 @@ def test_train_and_test_tools_run_the_instance_config(tmp_path):
 
 
 def test_print_summary_reports_cell_and_pixel_metrics(capsys):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from test import print_summary  # tools/test.py
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    print_summary = _tool("test").print_summary  # tools/test.py
     print_summary({"cell/bPQ": 61.234, "cell/bDQ": 80.0, "cell/bSQ": 76.5, "cell/mPQ": 61.234, "cell/mPQ+": 61.2,
                    "cell/F1_d": 82.5, "cell/num_gt": 35, "cell/num_pred": 33, "cell/PQ_nucleus": 61.2})
     assert capsys.readouterr().out == ("summary: bPQ 61.23  bDQ 80.00  bSQ 76.50  mPQ 61.23  F1_d 82.50  "
                                        "objects_gt 35  objects_pred 33\n")
     print_summary({"mIoU": 70.0, "mDice": 80.0, "aAcc": 90.0})
     assert capsys.readouterr().out == "summary: mIoU 70.00  mDice 80.00  aAcc 90.00\n"
+
+
+def test_demo_cells_reads_the_summary_line_and_bounds_connected_components(capsys):
+    from scipy import ndimage
+
+    from uniseg.utils.imageio import read_label
+
+    demo, test_tool = _tool("demo_cells"), _tool("test")
+    test_tool.print_summary({"cell/bPQ": 51.09, "cell/bDQ": 63.16, "cell/bSQ": 80.89, "cell/mPQ": 51.09,
+                             "cell/F1_d": 70.18, "cell/num_gt": 35, "cell/num_pred": 22})
+    line = capsys.readouterr().out
+    assert demo.parse_cell_summary("log\n" + line, "x") == dict(bPQ=51.09, bDQ=63.16, bSQ=80.89, F1_d=70.18,
+                                                                  gt=35, pred=22)
+    with pytest.raises(RuntimeError, match="no cell summary"):
+        demo.parse_cell_summary("summary: mIoU 70.00  mDice 80.00\n", "semantic run")
+
+    facts = demo.held_out_facts(["nuclei_tl"])
+    ids = read_label(NUCLEI / "instances/nuclei_tl.png").astype(np.int64)
+    components = ndimage.label(read_label(NUCLEI / "masks/nuclei_tl.png") == 1)[1]
+    cross = ndimage.generate_binary_structure(2, 1)
+    touching = sum(bool(((ids > 0) & (ids != k) & ndimage.binary_dilation(ids == k, cross)).any())
+                   for k in np.unique(ids[ids > 0]))
+    assert (facts["total"], facts["objects"], facts["touching"]) == (35, components, touching)
+    assert components < 35 and 0 < facts["bPQ"] < 100
