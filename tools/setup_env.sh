@@ -146,8 +146,8 @@ if [ "${UNISEG_SETUP_PLAN_ONLY:-0}" = 1 ]; then
   ARCH=$(uname -m)
   choose_variant
   BUILD_TAG=$(build_tag "$VARIANT")
-  source=$(mmcv_source_for "$BUILD_TAG")
-  case "$source" in
+  from=$(mmcv_source_for "$BUILD_TAG")
+  case "$from" in
     installed) log "plan: mmcv $MMCV_VERSION is already installed for $BUILD_TAG" ;;
     build)
       log "plan: build mmcv $MMCV_VERSION with $VARIANT ops from source for $BUILD_TAG${PLAN_CUDA_HOME:+ (CUDA_HOME=$PLAN_CUDA_HOME)}"
@@ -156,7 +156,7 @@ if [ "${UNISEG_SETUP_PLAN_ONLY:-0}" = 1 ]; then
       elif [ "$VARIANT" = cuda ]; then
         log "plan: if the CUDA build fails: fall back to the CPU ops ($(build_tag cpu))"
       fi ;;
-    *) log "plan: install the prebuilt mmcv wheel $source for $BUILD_TAG" ;;
+    *) log "plan: install the prebuilt mmcv wheel $from for $BUILD_TAG" ;;
   esac
   log "plan only (UNISEG_SETUP_PLAN_ONLY=1): nothing was created or installed"
   exit 0
