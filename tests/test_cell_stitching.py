@@ -428,28 +428,32 @@ def test_mask2former_adapter_matches_mmdets_own_pipeline(tiny_mask2former):
     model = tiny_mask2former
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 256, (2, 72, 88, 3), dtype=np.uint8)  # not a multiple of the size divisor
-    predictor = Mask2FormerCellPredictor(model, score_thr=0.0, min_visible=0.5)
-    cells = predictor.predict(tiles)
-
-    samples = [DetDataSample(metainfo=dict(img_shape=(72, 88), ori_shape=(72, 88), scale_factor=(1.0, 1.0)))
-               for _ in tiles]
-    batch = model.data_preprocessor(
-        dict(inputs=[torch.from_numpy(t[..., ::-1].copy()).permute(2, 0, 1) for t in tiles], data_samples=samples),
-        training=False)
-    assert tuple(batch["inputs"].shape[-2:]) == (96, 96)
-    with torch.no_grad():
-        results = model.predict(batch["inputs"], batch["data_samples"], rescale=False)
-    assert len(cells) == 2
-    for inst, result in zip(cells, results):
-        pred = result.pred_instances
-        expected = paint_instances(pred.masks.numpy(), pred.scores.numpy(), pred.labels.numpy(), score_thr=0.0)
-        assert inst.ids.shape == (72, 88)
-        assert inst.num_instances > 0  # random weights still produce scored masks
-        np.testing.assert_array_equal(inst.ids, expected.ids)
-        np.testing.assert_array_equal(inst.labels, expected.labels)
-        np.testing.assert_allclose(inst.scores, expected.scores, rtol=1e-5)
-        assert set(inst.labels.tolist()) <= {0, 1} and ((inst.scores >= 0) & (inst.scores <= 1)).all()
-        assert inst.num_instances <= 12
+    pre = model.data_preprocessor
+    # bgr_to_rgb=True (the model sees RGB) and False (trained on OpenCV's BGR): files are read as BGR
+    for conversion in (True, False):
+        pre._channel_conversion = conversion
+        try:
+            cells = Mask2FormerCellPredictor(model, score_thr=0.0, min_visible=0.5).predict(tiles)
+            samples = [DetDataSample(metainfo=dict(img_shape=(72, 88), ori_shape=(72, 88), scale_factor=(1.0, 1.0)))
+                       for _ in tiles]
+            bgr = [torch.from_numpy(t[..., ::-1].copy()).permute(2, 0, 1) for t in tiles]
+            batch = pre(dict(inputs=bgr, data_samples=samples), training=False)
+            with torch.no_grad():
+                results = model.predict(batch["inputs"], batch["data_samples"], rescale=False)
+        finally:
+            pre._channel_conversion = True
+        assert tuple(batch["inputs"].shape[-2:]) == (96, 96)
+        assert len(cells) == 2
+        for inst, result in zip(cells, results):
+            pred = result.pred_instances
+            expected = paint_instances(pred.masks.numpy(), pred.scores.numpy(), pred.labels.numpy(), score_thr=0.0)
+            assert inst.ids.shape == (72, 88)
+            assert inst.num_instances > 0  # random weights still produce scored masks
+            np.testing.assert_array_equal(inst.ids, expected.ids)
+            np.testing.assert_array_equal(inst.labels, expected.labels)
+            np.testing.assert_allclose(inst.scores, expected.scores, rtol=1e-5)
+            assert set(inst.labels.tolist()) <= {0, 1} and ((inst.scores >= 0) & (inst.scores <= 1)).all()
+            assert inst.num_instances <= 12
     # thresholds and the cap apply
     strict = Mask2FormerCellPredictor(model, score_thr=float(np.median(cells[0].scores)), max_per_image=3)
     for inst in strict.predict(tiles):

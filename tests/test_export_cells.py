@@ -155,7 +155,7 @@ def test_geojson_detections_match_the_table_and_the_tiff(exported):
     for feature in features:
         props = feature["properties"]
         m = props["measurements"]
-        k = int(m["ID"])
+        k = int(m["Cell ID"])
         row = rows[k]
         assert props["objectType"] == "detection"
         assert props["classification"] == {"name": row["class"], "color": list(PALETTE[int(row["class_index"])])}
@@ -205,7 +205,7 @@ def test_units_without_a_pixel_size(tmp_path):
         sink.write_band(0, np.zeros((H, W), np.uint32))
         sink.close()
     m = json.loads((tmp_path / "c.geojson").read_text(encoding="utf-8"))["features"][0]["properties"]["measurements"]
-    assert m == {"ID": 1, "Score": 0.8, "Area px^2": 6 * SCALE ** 2,
+    assert m == {"Cell ID": 1, "Score": 0.8, "Area px^2": 6 * SCALE ** 2,
                  "Centroid X px": ORIGIN[0] + SCALE * 6.5, "Centroid Y px": ORIGIN[1] + SCALE * 5.0}
     row = next(csv.DictReader(open(tmp_path / "c.csv", newline="")))
     assert row["area_um2"] == "" and row["class"] == "tumor" and float(row["bbox_x1"]) == ORIGIN[0] + SCALE * 8

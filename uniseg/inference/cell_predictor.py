@@ -27,7 +27,8 @@ class Mask2FormerCellPredictor:
 
     Args:
         model: the detector (``mmdet.models.Mask2Former``) with a ``DetDataPreprocessor``; it is put
-            in eval mode. Windows are given in RGB, as the preprocessor's ``bgr_to_rgb`` produces them.
+            in eval mode. Windows arrive in RGB; they are reversed to BGR for a model whose
+            preprocessor does not convert (``bgr_to_rgb=False``: it was trained on OpenCV's BGR).
         score_thr: masks scoring below it are ignored (mmdet's score: class probability times mean
             mask probability).
         min_visible: a mask left with less than this fraction of its pixels after more confident
@@ -54,6 +55,7 @@ class Mask2FormerCellPredictor:
         self.device = next(model.parameters()).device
         self.mean = pre.mean.to(self.device).view(1, 3, 1, 1)
         self.std = pre.std.to(self.device).view(1, 3, 1, 1)
+        self.to_bgr = not getattr(pre, "_channel_conversion", True)
         self.size_divisor = max(1, int(getattr(pre, "pad_size_divisor", 1) or 1))
         self.pad_value = float(getattr(pre, "pad_value", 0) or 0)
 
@@ -65,6 +67,8 @@ class Mask2FormerCellPredictor:
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
             raise ValueError(f"expected uint8 RGB windows (B, h, w, 3), got {tiles.dtype} {tiles.shape}")
         b, h, w = tiles.shape[:3]
+        if self.to_bgr:
+            tiles = tiles[..., ::-1]
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         ph, pw = -(-h // self.size_divisor) * self.size_divisor, -(-w // self.size_divisor) * self.size_divisor

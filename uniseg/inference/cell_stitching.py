@@ -443,8 +443,9 @@ class _StitchRun:
         labels, scores, areas = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64)
         boxes, centroids = np.empty((n, 4), np.int64), np.empty((n, 2), np.float64)
         touching, masks = np.empty(n, bool), []
-        lowest = max([c.y1 for c, _ in kept], default=0)
-        self._ensure_band(lowest)
+        if kept and min(c.y0 for c, _ in kept) < self.band_top:  # would write into rows already handed on
+            raise RuntimeError(f"cell stitching: a cell starts above row {self.band_top}, which was already emitted")
+        self._ensure_band(max([c.y1 for c, _ in kept], default=0))
         for i, (c, mask) in enumerate(kept):
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             ty0, ty1, tx0, tx1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # shrink to what stayed

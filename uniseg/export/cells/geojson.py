@@ -6,7 +6,7 @@ Feature layout (what QuPath 0.4 / 0.5 read with *File > Import objects* or drag 
      "geometry": {"type": "Polygon", "coordinates": [...]},
      "properties": {"objectType": "detection",
                     "classification": {"name": "Lymphocyte", "color": [r, g, b]},
-                    "measurements": {"ID": 17, "Score": 0.93, "Area µm^2": 41.5,
+                    "measurements": {"Cell ID": 17, "Score": 0.93, "Area µm^2": 41.5,
                                      "Centroid X µm": 1234.5, "Centroid Y µm": 987.25}}}
 
 * ``objectType: detection``: QuPath's light-weight objects, meant for hundreds of thousands of
@@ -17,7 +17,7 @@ Feature layout (what QuPath 0.4 / 0.5 read with *File > Import objects* or drag 
   "Centroid X px"). Centroids are those of the cell's pixels, i.e. of its polygon.
 * ``id``: QuPath keeps only UUIDs (other ids are silently replaced), so each cell's UUID is a
   fixed per-ROI prefix followed by the cell id in its last 8 hex digits; the integer id is also
-  the "ID" measurement, the value in the label TIFF and the ``id`` column of the table.
+  the "Cell ID" measurement, the value in the label TIFF and the ``id`` column of the table.
 * Geometry: the pixel-exact outline traced by :func:`uniseg.export.geojson.trace_polygons`,
   in slide (level-0) pixels (``origin + scale * corner``), exterior rings counter-clockwise. A
   cell whose pixels are not edge-connected becomes a MultiPolygon, so the geometry's area is
@@ -134,7 +134,7 @@ class CellGeoJsonSink(CellSink):
         parts = []
         for k, geometry in enumerate(shapely.to_geojson(geometries).tolist()):
             measurements = {
-                "ID": int(cells.ids[k]),
+                "Cell ID": int(cells.ids[k]),
                 "Score": round(float(cells.scores[k]), 4),
                 area_name: float(cells.areas[k]) * self._area_per_px,
                 f"Centroid X {self._unit}": float(centroids[k, 0]),

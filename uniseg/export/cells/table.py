@@ -3,7 +3,7 @@
 Columns, all positions in slide (level-0) pixel coordinates, QuPath's and OpenSlide's frame:
 
 =====================  ==============================================================
-``id``                 the cell id (also the label TIFF's pixel value and the GeoJSON "ID")
+``id``                 the cell id (also the label TIFF's pixel value and the GeoJSON "Cell ID")
 ``class``              class name; ``class_index`` its 0-based index
 ``score``              model confidence of the kept prediction
 ``centroid_x/y``       centroid of the cell's pixels: ``origin + scale * (mean index + 0.5)``

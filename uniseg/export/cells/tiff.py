@@ -1,6 +1,6 @@
 """The instance-id image as a tiled pyramidal TIFF: ``uint32``, 0 = no cell, ``k`` = cell ``k``.
 
-The ids are those of the cell table and the GeoJSON ("ID"), so a pixel can be traced to its row.
+The ids are those of the cell table and the GeoJSON ("Cell ID"), so a pixel can be traced to its row.
 Rows arrive from the stitcher top to bottom once no undecided cell can still touch them, and go
 straight to :class:`~uniseg.export.pyramid.StreamingPyramidTiff` (memory: about two tile-high
 strips of 4-byte pixels, never the ROI).
