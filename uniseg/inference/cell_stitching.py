@@ -2,9 +2,9 @@
 
 Tiled instance segmentation has two failure modes at window seams: a cell cut by a window border
 is reported as a fragment, and a cell seen by two overlapping windows is reported twice. Keeping
-each cell "from the window whose core holds its centroid" (stardist, CellViT) fixes both only
-when both windows predict the same centroid; in practice they do not, and cells near the middle
-of an overlap are then kept twice or dropped. Here the choice is made between the *predictions*:
+each cell only from the window whose core holds its centroid fixes both only when both windows
+predict the same centroid; in practice they do not, and cells near the middle of an overlap are
+then kept twice or dropped. Here the choice is made between the *predictions*:
 
 1. **Candidates.** Every window predicts non-overlapping cells (an :class:`InstanceMap`). A cell
    reaching into the outermost ``edge_width`` pixels (default 1: touching) of an inner border of
@@ -33,8 +33,8 @@ of an overlap are then kept twice or dropped. Here the choice is made between th
    cores tile the ROI exactly (:func:`axis_cores`). So when windows agree, each cell is kept by
    the window whose core holds its centroid; when they disagree (the centroid falls in both
    cores or in neither), still exactly one prediction is kept. With the overlap wider than the
-   largest cell, the kept prediction is never cut; larger cells are counted
-   (``CellStats.touching_border``).
+   largest cell (plus ``2 * (edge_width - 1)``), the kept prediction is never cut; larger cells
+   are counted (``CellStats.touching_border``).
 
 Streaming: windows run one tile row at a time (positions from :class:`TileGrid`, as for semantic
 inference). After a row, a cluster whose candidates all end above the next row's first pixel row
