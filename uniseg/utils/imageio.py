@@ -69,6 +69,16 @@ def read_label(path: Union[str, os.PathLike]) -> np.ndarray:
     return _read(path, "a label mask", as_integers)
 
 
+def read_alpha(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Read the opacity (H, W) ``uint8`` of an image: 255 where it is opaque, everywhere if it has no alpha."""
+
+    def opacity(im, path):
+        check_rgb_convertible(im, path)
+        return np.asarray(im.convert("RGBA"))[..., 3]
+
+    return _read(path, "an image", opacity)
+
+
 def check_rgb_convertible(im, path: Union[str, os.PathLike]) -> bool:
     """Raise :class:`ImageReadError` unless :func:`read_rgb` converts the opened image exactly.
 
