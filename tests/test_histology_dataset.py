@@ -411,3 +411,109 @@ def test_every_unusable_sample_is_named_in_one_error(tmp_path: Path) -> None:
         build(root)
     message = str(info.value)
     assert all(f"t{i}.png" in message for i in range(10)) and "... and 2 more" in message
+
+
+# ----------------------------------------------------------------------------- the tools refuse bad data
+E2E_CONFIG = """
+_base_ = ['{base}/models/mask2former_vit-adapter_uni-tiny.py', '{base}/default_runtime.py',
+          '{base}/schedules/schedule_40k_layer-decay.py']
+num_classes = {num_classes}
+model = dict(
+    data_preprocessor=dict(size=(64, 64)),
+    decode_head=dict(num_classes=num_classes, loss_cls=dict(class_weight=[1.0] * num_classes + [0.1])),
+    test_cfg=dict(mode='whole'))
+pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+dataset = dict(type='HistologySegDataset', data_root='{root}', pipeline=pipeline)
+loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
+train_dataloader = dict(**loader, sampler=dict(type='InfiniteSampler', shuffle=False),
+                        dataset=dict(**dataset, ann_file='splits/train.txt'))
+test_dataloader = dict(**loader, sampler=dict(type='DefaultSampler', shuffle=False),
+                       dataset=dict(**dataset, ann_file='splits/val.txt', test_mode=True))
+test_cfg = dict(type='TestLoop')
+test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=10 ** 6)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, save_best=None),
+                     visualization=dict(type='SegVisualizationHook', draw=False))
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(vis_backends=vis_backends)
+env_cfg = dict(cudnn_benchmark=False)
+"""
+
+
+def _e2e_config(tmp_path: Path, root: Path, num_classes: int = 3) -> Path:
+    path = tmp_path / "cfg.py"
+    path.write_text(E2E_CONFIG.format(base=REPO / "configs" / "_base_", root=root, num_classes=num_classes))
+    return path
+
+
+def _tool(tool: str, *args) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _assert_refused(proc, *needles: str) -> None:
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    for needle in needles:
+        assert needle in log, log[-3000:]
+    assert "Iter(train) [1/2]" not in log  # refused before the first step completed
+
+
+def _break_rgb_mask(root: Path) -> str:
+    Image.new("RGB", (48, 40)).save(root / "masks" / "t2.png")
+    return f"{root / 'masks' / 't2.png'}: label mask must be a single-channel index image"
+
+
+def _break_label(root: Path) -> str:
+    _mask(root, "t2", [0, 1, 7])
+    return f"{root / 'masks' / 't2.png'}: label values [7] are outside the 3 classes"
+
+
+def _break_size(root: Path) -> str:
+    Image.fromarray(np.zeros((56, 48), np.uint8)).save(root / "masks" / "t1.png")
+    return f"{root / 'masks' / 't1.png'}: mask is 48x56 (w x h) but its image"
+
+
+def _break_16bit_image(root: Path) -> str:
+    Image.fromarray(np.full((40, 48), 30000, np.uint16)).save(root / "images" / "t1.png")
+    return f"{root / 'images' / 't1.png'}: 16-bit samples"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corrupt", [_break_rgb_mask, _break_label, _break_size, _break_16bit_image],
+                         ids=["rgb-mask", "label-7", "size-mismatch", "16-bit-image"])
+def test_train_tool_refuses_bad_samples_naming_the_file(layout: Path, tmp_path: Path, corrupt) -> None:
+    needle = corrupt(layout)
+    _assert_refused(_tool("train.py", _e2e_config(tmp_path, layout), "--work-dir", tmp_path / "work"), needle)
+
+
+@pytest.mark.slow
+def test_train_tool_refuses_a_model_with_fewer_classes_than_the_dataset(layout: Path, tmp_path: Path) -> None:
+    proc = _tool("train.py", _e2e_config(tmp_path, layout, num_classes=2), "--work-dir", tmp_path / "work")
+    _assert_refused(proc, "model.decode_head.num_classes is 2 but the train dataset", "has 3 classes")
+
+
+@pytest.mark.slow
+def test_test_tool_refuses_an_out_of_range_label_naming_the_mask(layout: Path, tmp_path: Path) -> None:
+    import torch
+    from mmengine.config import Config
+
+    from mmseg.registry import MODELS
+
+    config = _e2e_config(tmp_path, layout)
+    model = MODELS.build(Config.fromfile(str(config)).model)  # an untrained model is enough to reach the data
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, checkpoint)
+    _mask(layout, "v1", [0, 1, 2, 7])
+    proc = _tool("test.py", config, checkpoint, "--work-dir", tmp_path / "eval")
+    _assert_refused(proc, f"{layout / 'masks' / 'v1.png'}: label values [7] are outside the 3 classes")
+    assert "summary: mIoU" not in proc.stdout
