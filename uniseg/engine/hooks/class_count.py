@@ -1,9 +1,10 @@
 """Compare the model's number of classes with its datasets' before any sample is trained on or scored.
 
-A config whose head has fewer classes than the dataset trains until a label the head cannot represent
-reaches the loss (a bare ``IndexError`` deep in Mask2Former's matcher) and, under ``tools/test.py``,
-scores a model that can never predict those classes as if it could: that is an error, raised before
-the first iteration and naming both numbers. A head with *more* classes than the dataset trains and
+A config whose head has fewer classes (K) than the dataset fails in Mask2Former's target assignment
+with a bare ``IndexError`` once a label above K reaches the loss, or worse, trains without a word when
+the extra label is exactly K, which Mask2Former takes for its "no object" class (measured: 2 iterations,
+exit 0); under ``tools/test.py`` it scores a model that can never predict those classes as if it could.
+That is an error, raised before the first iteration and naming both numbers. A head with *more* classes than the dataset trains and
 evaluates consistently (its extra classes are never targets, and predicting one counts against the
 true class), but it is almost always a config left over from another dataset: a warning.
 """
