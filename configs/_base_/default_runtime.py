@@ -15,4 +15,4 @@ resume = False
 randomness = dict(seed=0)
 tta_model = dict(type='SegTTAModel')
 # Reproducible resume: torch's generator is re-seeded from (seed, rank, iteration) each iteration.
-custom_hooks = [dict(type='IterationSeedHook')]
+custom_hooks = [dict(type='IterationSeedHook'), dict(type='ClassCountCheckHook')]
