@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,7 +198,7 @@ def test_corrupt_input_names_the_file_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ImageReadError, match="broken.svs"):
         segment_file(_segmentor(), str(bad), str(out), formats=["png", "tiff", "geojson"], progress=False)
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # the input is read before the output folder is touched
 
 
 def test_region_outside_the_image_is_an_error(tmp_path):
@@ -221,7 +222,7 @@ def test_failure_midway_leaves_no_partial_outputs(tmp_path):
     with pytest.raises(RuntimeError, match="device lost"):
         segment_file(_segmentor(FailsLater().eval()), str(slide), str(out),
                      formats=["png", "tiff", "geojson", "overlay", "probs"], batch_size=1, progress=False)
-    assert not out.exists() or not list(out.iterdir())
+    assert list(out.iterdir()) == []  # the folder was prepared, nothing of this input is in it
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +291,8 @@ def test_cli_reports_output_errors_per_input_without_a_traceback(tmp_path, demo_
 
 # ---------------------------------------------------------------------------- outputs as one set
 def _listed(summary_path: Path) -> list:
-    return sorted(str(Path(p).relative_to(summary_path.parent)) for p in json.loads(summary_path.read_text())["outputs"])
+    outputs = json.loads(summary_path.read_text())["outputs"]
+    return sorted(str(Path(p).relative_to(summary_path.parent)) for p in outputs)
 
 
 def _snapshot(folder: Path) -> dict:
@@ -312,14 +314,15 @@ def test_a_rerun_replaces_the_set_and_removes_outputs_of_formats_not_requested_a
     np.testing.assert_array_equal(tifffile.imread(out / "case_mask.tif"), 1 - _dark(_blobs()))
 
 
-_FULL_DISK_CHILD = """
+_OUTPUT_ERROR_CHILD = """
 import resource, sys
 sys.path.insert(0, {tests!r})
 from test_infer_api import _LightIsClassOne, _segmentor
 from uniseg.inference.api import segment_file
 from uniseg.utils.atomic import OutputWriteError
 
-resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+if {limit}:
+    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:
     segment_file(_segmentor(_LightIsClassOne().eval()), {image!r}, {out!r}, formats=["png", "tiff"],
                  export_options={{"tiff": {{"compression": "none"}}}}, progress=False)
@@ -336,12 +339,36 @@ def test_a_full_disk_keeps_the_earlier_set_whole(tmp_path):
     segment_file(_segmentor(), str(image), str(out), formats=["png", "tiff", "geojson"], progress=False)
     before = _snapshot(out)
     assert (out / "case_mask.png").stat().st_size < 16384  # the limit below lets the PNG through
-    code = _FULL_DISK_CHILD.format(tests=str(REPO / "tests"), limit=32768, image=str(image), out=str(out))
+    code = _OUTPUT_ERROR_CHILD.format(tests=str(REPO / "tests"), limit=32768, image=str(image), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OutputWriteError:" in proc.stdout, proc.stdout
     assert "case_mask.tif: cannot write this output" in proc.stdout and "earlier outputs" in proc.stdout
     assert _snapshot(out) == before  # no temporaries either
+
+
+def test_a_read_only_folder_keeps_the_earlier_set_and_names_the_file(tmp_path):
+    image = _write_png(tmp_path / "in" / "case.png", _blobs())
+    out = tmp_path / "out"
+    segment_file(_segmentor(), str(image), str(out), formats=["png", "geojson"], progress=False)
+    before = _snapshot(out)
+    prefix = []
+    if os.geteuid() == 0:  # root writes anywhere: drop the capability that allows it, in the child only
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+        os.chown(out, 65534, -1)  # owned by nobody; root is then "other", and other may not write
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    out.chmod(0o555)
+    try:
+        code = _OUTPUT_ERROR_CHILD.format(tests=str(REPO / "tests"), limit=0, image=str(image), out=str(out))
+        proc = subprocess.run(prefix + [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              cwd=REPO)
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OutputWriteError:" in proc.stdout and "case_mask.png: cannot write this output (Permission denied)" in \
+        proc.stdout, proc.stdout
+    assert _snapshot(out) == before
 
 
 _KILL_CHILD = """

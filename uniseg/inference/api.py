@@ -204,41 +204,62 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Sequenc
     :class:`~uniseg.utils.atomic.OutputWriteError` (an ``OSError``); errors reading the input are
     :class:`~uniseg.utils.imageio.ImageReadError` (also an ``OSError``).
     """
-    from ..export import ExportContext, build_sinks
-    from ..io import RegionSource, open_slide, parse_region
+    from ..io import open_slide
 
     check_segment_options(formats=formats, region=region, level=level, target_mpp=target_mpp,
                           slide_mpp=slide_mpp, tile=tile, stride=stride, batch_size=batch_size, window=window,
                           tissue_threshold=tissue_threshold, export_options=export_options,
                           default_tile=segmentor.tile, default_stride=segmentor.stride)
-    src_path = Path(path)
-    roi = parse_region(region) if region else None
-    out = prepare_output_folder(out_dir)
-    reader = open_slide(src_path, mpp=slide_mpp)
-    opened = []
-    summary_file = None
+    with open_slide(Path(path), mpp=slide_mpp) as reader:  # an unreadable input fails before the folder is touched
+        out = prepare_output_folder(out_dir)
+        summary, staged, summary_file, stale = _write_outputs(
+            segmentor, reader, path, out, formats, region, level, target_mpp, tile, stride, batch_size, window,
+            tissue_threshold, amp, progress, export_options, allow_partial)
     try:
-        if level is None and target_mpp is None and reader.mpp is not None:
-            target_mpp = segmentor.working_mpp
-        source = RegionSource.open(reader, roi, target_mpp, level, allow_partial=allow_partial)
-        width, height = source.size
-        ctx = ExportContext(width=width, height=height, classes=segmentor.classes, palette=segmentor.palette,
-                            origin=source.origin, scale=source.scale, mpp=source.mpp)
-        stem = output_stem(path, region)
-        sinks = build_sinks(formats, out, stem, **(export_options or {}))
-        inferencer = SlidingWindowInferencer(
-            segmentor.model, segmentor.num_classes, tile=tile or segmentor.tile, stride=stride or segmentor.stride,
-            batch_size=batch_size, window=window, tissue_threshold=tissue_threshold, amp=amp,
-            with_probs=any(getattr(s, "requires_probs", False) for s in sinks))
+        published = publish_together(staged, summary_file, stale)
+    except OutputWriteError as exc:  # interrupted after the journal: completed at the next start
+        raise OutputWriteError(f"{path}: {exc}") from exc
+    except OSError as exc:  # before the journal: nothing changed (the temporaries are gone)
+        raise OutputWriteError(f"{path}: cannot publish the outputs in {out} ({exc.strerror or exc}); nothing "
+                               f"was written for this input and earlier outputs were left as they were") from exc
+    summary["outputs"] = [str(p) for p in published]
+    return summary
+
+
+def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, formats, region, level, target_mpp, tile,
+                   stride, batch_size, window, tissue_threshold, amp, progress, export_options, allow_partial):
+    """Segment and write every output under a temporary name, the summary included (the prepare phase).
+
+    Returns the summary, the finished outputs, the summary's file and the earlier outputs to delete;
+    on any error every temporary is removed and nothing else changed.
+    """
+    from ..export import ExportContext, build_sinks
+    from ..io import RegionSource, parse_region
+
+    roi = parse_region(region) if region else None
+    if level is None and target_mpp is None and reader.mpp is not None:
+        target_mpp = segmentor.working_mpp
+    source = RegionSource.open(reader, roi, target_mpp, level, allow_partial=allow_partial)
+    width, height = source.size
+    ctx = ExportContext(width=width, height=height, classes=segmentor.classes, palette=segmentor.palette,
+                        origin=source.origin, scale=source.scale, mpp=source.mpp)
+    stem = output_stem(path, region)
+    sinks = build_sinks(formats, out, stem, **(export_options or {}))
+    inferencer = SlidingWindowInferencer(
+        segmentor.model, segmentor.num_classes, tile=tile or segmentor.tile, stride=stride or segmentor.stride,
+        batch_size=batch_size, window=window, tissue_threshold=tissue_threshold, amp=amp,
+        with_probs=any(getattr(s, "requires_probs", False) for s in sinks))
+    opened: List = []
+    summary_file: Optional[PendingFile] = None
+    try:
         for sink in sinks:
             sink.open(ctx)
             opened.append(sink)
         stats = inferencer.run(source, opened, progress=progress)
         staged = [pending for sink in opened for pending in sink.finish()]
-
         area = None if source.mpp is None else (source.mpp / 1000.0) ** 2  # mm^2 per output pixel
         summary = dict(
-            input=str(src_path), config=segmentor.config_path, region=None if roi is None else str(roi),
+            input=str(path), config=segmentor.config_path, region=None if roi is None else str(roi),
             level=source.plan.level, mpp=source.mpp, origin=list(source.origin), scale=source.scale,
             size=[width, height], tile=list(inferencer.tile), stride=list(inferencer.stride), window=window,
             tiles=stats.tiles, tiles_skipped=stats.tiles_skipped, seconds=round(stats.seconds, 3),
@@ -250,31 +271,17 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Sequenc
         try:
             summary_file = PendingFile(summary_path)
             summary_file.tmp.write_text(json.dumps(summary, indent=2))
-            stale = _earlier_outputs(out, stem, [pending.path for pending in staged])
         except OSError as exc:
             raise OutputWriteError(f"{summary_path}: cannot write this output ({exc.strerror or exc})") from exc
+        stale = _earlier_outputs(out, stem, [pending.path for pending in staged])
     except OutputWriteError as exc:
         _discard(opened, summary_file)
-        raise OutputWriteError(f"{src_path}: {exc}; nothing was written for this input and earlier outputs "
-                               f"in {out} were left as they were") from exc
+        raise OutputWriteError(f"{path}: {exc}; nothing was written for this input and earlier outputs in {out} "
+                               f"were left as they were") from exc
     except BaseException:
         _discard(opened, summary_file)
         raise
-    finally:
-        reader.close()
-    try:
-        published = publish_together(staged, summary_file, stale)
-    except OutputWriteError as exc:  # interrupted after the journal: completed at the next start
-        raise OutputWriteError(f"{src_path}: {exc}") from exc
-    except BaseException as exc:  # before the journal: nothing changed
-        _discard(opened, summary_file)
-        if isinstance(exc, OSError):
-            raise OutputWriteError(f"{src_path}: cannot publish the outputs in {out} ({exc.strerror or exc}); "
-                                   f"nothing was written for this input and earlier outputs were left as they "
-                                   f"were") from exc
-        raise
-    summary["outputs"] = [str(p) for p in published]
-    return summary
+    return summary, staged, summary_file, stale
 
 
 def _discard(sinks: Sequence, summary_file: Optional[PendingFile]) -> None:
