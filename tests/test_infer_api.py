@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -491,8 +492,6 @@ def test_nonsense_options_are_refused_by_the_api_and_the_cli(tmp_path, capsys, k
     with pytest.raises(SystemExit) as exit_info:
         _load_cli().parse_args(["config.py", "model.pth", str(image), "--out", str(tmp_path / "out")] + cli)
     assert exit_info.value.code == 2
-    import re
-
     assert re.search(message, capsys.readouterr().err)
 
 

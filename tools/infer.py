@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "stride)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (>= 1)")
     p.add_argument("--window", choices=WINDOWS, default=DEFAULT_WINDOW,
-                   help=f"blending of overlapping windows (default {DEFAULT_WINDOW}: no seams; uniform = mmseg's "
-                        f"average, as tools/test.py)")
+                   help=f"blending of overlapping windows (default {DEFAULT_WINDOW}: down-weights window borders, so "
+                        f"no seams; uniform = mmseg's average, as in tools/test.py)")
     p.add_argument("--tissue-threshold", type=float, default=None,
                    help="skip windows with less tissue than this fraction in [0, 1] (labelled background)")
     p.add_argument("--simplify", type=float, default=None,

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
-
 from mmengine.logging import print_log
+from torch import nn
 
 from ..utils.atomic import OutputWriteError, PendingFile, publish_together, recover_folder
 from ..utils.palette import resolve_palette
