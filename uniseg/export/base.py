@@ -9,24 +9,31 @@ what every sink shares:
 * :class:`MaskSink`: the template that validates the band stream (order, shapes, dtypes, label
   values) once for all formats and tracks the sink's state, so a format only implements
   ``_open`` / ``_write_band`` / ``_close`` / ``_abort``;
-* :class:`PendingFile`: "write under a temporary name, rename on success" for a file whose
-  writing spans several method calls, built on :func:`uniseg.utils.atomic.atomic_output`.
+* :class:`~uniseg.utils.atomic.PendingFile` (re-exported here): "write under a temporary name,
+  rename on success" for a file whose writing spans several method calls.
 
-Output files appear only when :meth:`MaskSink.close` succeeds; :meth:`MaskSink.abort` (to be
-called on any error or ``KeyboardInterrupt``) removes every temporary the sink made.
+Two phases end a sink: :meth:`MaskSink.finish` does all the remaining writing (everything that
+can fail: a full disk, a read-only folder) and leaves every output complete under a temporary
+name; :meth:`MaskSink.commit` only renames. A caller publishing several sinks' outputs as one set
+finishes all of them first and renames them together
+(:func:`uniseg.utils.atomic.publish_together`); :meth:`MaskSink.close` is both phases for a sink
+used on its own. Output files appear only when committed; :meth:`MaskSink.abort` (to be called on
+any error or ``KeyboardInterrupt``) removes every temporary the sink made. Operating-system
+errors while writing come out as :class:`~uniseg.utils.atomic.OutputWriteError` naming the output.
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
-from ..utils.atomic import atomic_output
+from ..utils.atomic import OutputWriteError, PendingFile
 from ..utils.palette import Color, resolve_palette
 
 PathLike = Union[str, os.PathLike]
@@ -110,47 +117,14 @@ class ExportContext:
         }
 
 
-class PendingFile:
-    """A file being written under a temporary sibling name until :meth:`commit`.
-
-    ``atomic_output`` is a context manager, but a sink's writing spans ``open`` ...
-    ``close``/``abort`` calls, so this drives the context manager by hand: entering it yields the
-    temporary path, leaving it normally renames into place, leaving it with an exception removes
-    the temporary.
-    """
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-        self._cm = atomic_output(self.path)
-        self.tmp: Path = self._cm.__enter__()
-        self._done = False
-
-    def commit(self) -> Path:
-        if self._done:
-            raise RuntimeError(f"{self.path}: already committed or discarded")
-        self._done = True
-        self._cm.__exit__(None, None, None)
-        return self.path
-
-    def discard(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        exc = _Discarded()
-        self._cm.__exit__(type(exc), exc, None)  # removes the temporary; re-raise is swallowed
-
-
-class _Discarded(Exception):
-    """Thrown into ``atomic_output`` to make it delete its temporary file."""
-
-
 class MaskSink(abc.ABC):
     """One output format fed band by band (see the module docstring for the life cycle).
 
     Life cycle: ``open(ctx)`` once, ``write_band`` for consecutive bands covering rows
-    ``0 .. height`` exactly, then ``close()`` (returns the final paths). ``abort()`` may be called
-    at any time, any number of times, and leaves no file behind. A sink whose ``open`` or ``close``
-    fails aborts itself.
+    ``0 .. height`` exactly, then ``finish()`` (all writing; returns the complete temporaries) and
+    ``commit()`` (renames them into place), or ``close()`` for both. ``abort()`` may be called at any
+    time before the commit, any number of times, and leaves no file behind. A sink whose ``open``
+    or ``finish`` fails aborts itself.
     """
 
     #: whether ``write_band`` must receive ``probs`` (per-class probabilities)
@@ -160,6 +134,7 @@ class MaskSink(abc.ABC):
         self._ctx: Optional[ExportContext] = None
         self._next_row = 0
         self._state = "new"
+        self._pending: List[PendingFile] = []
 
     # ------------------------------------------------------------------ public API
     @property
@@ -180,7 +155,8 @@ class MaskSink(abc.ABC):
         self._ctx = ctx
         self._state = "open"
         try:
-            self._open(ctx)
+            with self._naming_write_errors():
+                self._open(ctx)
         except BaseException:
             self.abort()
             raise
@@ -198,33 +174,61 @@ class MaskSink(abc.ABC):
         if self._state != "open":
             raise RuntimeError(f"{self.describe()}: write_band() called on a sink that is {self._state}")
         self._check_band(y0, labels, probs, image)
-        self._write_band(int(y0), labels, probs, image)
+        with self._naming_write_errors():
+            self._write_band(int(y0), labels, probs, image)
         self._next_row = int(y0) + labels.shape[0]
 
-    def close(self) -> List[Path]:
-        """Finish the outputs and move them into place; returns their final paths."""
+    def finish(self) -> List[PendingFile]:
+        """Complete every output under its temporary name (all the writing; may fail); rename nothing.
+
+        The returned files are published by :meth:`commit`, or together with other sinks' files by
+        :func:`uniseg.utils.atomic.publish_together`.
+        """
         if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: close() called on a sink that is {self._state}")
+            raise RuntimeError(f"{self.describe()}: finish() called on a sink that is {self._state}")
         try:
             if self._next_row != self.ctx.height:
                 raise BandOrderError(
                     f"{self.describe()}: closed after {self._next_row} of {self.ctx.height} rows; "
                     "the output would be incomplete")
-            paths = self._close()
+            with self._naming_write_errors():
+                self._pending = list(self._finish())
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "finished"
+        return list(self._pending)
+
+    def commit(self) -> List[Path]:
+        """Rename the finished outputs into place; returns their final paths."""
+        if self._state != "finished":
+            raise RuntimeError(f"{self.describe()}: commit() called on a sink that is {self._state}")
+        try:
+            with self._naming_write_errors():
+                paths = [pending.path if pending.done else pending.commit() for pending in self._pending]
         except BaseException:
             self.abort()
             raise
         self._state = "closed"
         return paths
 
+    def close(self) -> List[Path]:
+        """:meth:`finish` and :meth:`commit`: for a sink whose outputs are published on their own."""
+        if self._state != "open":
+            raise RuntimeError(f"{self.describe()}: close() called on a sink that is {self._state}")
+        self.finish()
+        return self.commit()
+
     def abort(self) -> None:
-        """Remove every temporary; safe to call repeatedly and in any state."""
+        """Remove every temporary; safe to call repeatedly and in any state (committed files stay)."""
         if self._state in ("closed", "aborted"):
             return
-        was_open = self._state == "open"
+        was_active = self._state in ("open", "finished")
         self._state = "aborted"
-        if was_open:
+        if was_active:
             self._abort()
+            for pending in self._pending:
+                pending.discard()
 
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
@@ -237,12 +241,23 @@ class MaskSink(abc.ABC):
         """Consume one validated band."""
 
     @abc.abstractmethod
-    def _close(self) -> List[Path]:
-        """Finish the outputs (all rows have arrived) and commit them."""
+    def _finish(self) -> List[PendingFile]:
+        """Complete the outputs (all rows have arrived) under temporary names; do not commit them."""
 
     @abc.abstractmethod
     def _abort(self) -> None:
         """Discard temporaries; must not raise for partially opened state."""
+
+    @contextlib.contextmanager
+    def _naming_write_errors(self) -> Iterator[None]:
+        """Operating-system errors while writing say which output failed (not a temporary's name)."""
+        try:
+            yield
+        except OutputWriteError:
+            raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OutputWriteError(f"{self.describe()}: cannot write this output ({reason})") from exc
 
     # ------------------------------------------------------------------ validation
     def _check_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],

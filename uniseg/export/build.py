@@ -45,12 +45,12 @@ def build_sinks(formats: Sequence[str], out_dir: PathLike, stem: str,
     names = [str(f).strip().lower() for f in formats]
     known = sorted(SINK_FORMATS)
     if not names:
-        raise ValueError(f"no output formats requested; choose from {known}")
+        raise ValueError(f"no output formats requested in --formats (formats); choose from {known}")
     unknown = [f for f in names if f not in SINK_FORMATS]
     if unknown:
-        raise ValueError(f"unknown output format(s) {unknown}; choose from {known}")
+        raise ValueError(f"unknown output format(s) {unknown} in --formats (formats); choose from {known}")
     if len(set(names)) != len(names):
-        raise ValueError(f"output formats requested more than once: {list(formats)}")
+        raise ValueError(f"output formats requested more than once in --formats (formats): {list(formats)}")
     stray = sorted(set(options) - set(names))
     if stray:
         raise ValueError(f"options given for format(s) {stray} that are not requested ({names})")

@@ -292,8 +292,10 @@ class GeoJsonSink(MaskSink):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".geojson", ".json"):
             raise ValueError(f"{self.path}: GeoJsonSink writes .geojson/.json files")
-        if simplify_tolerance < 0 or min_area < 0:
-            raise ValueError(f"{self.path}: simplify_tolerance and min_area must be >= 0")
+        if not simplify_tolerance >= 0:  # also refuses NaN
+            raise ValueError(f"GeoJSON simplify_tolerance (--simplify) must be >= 0 pixels, got {simplify_tolerance}")
+        if not min_area >= 0:
+            raise ValueError(f"GeoJSON min_area must be >= 0 pixels, got {min_area}")
         self.simplify_tolerance = float(simplify_tolerance)
         self.min_area = float(min_area)
         self.classes_to_export = classes_to_export
@@ -350,7 +352,7 @@ class GeoJsonSink(MaskSink):
             self._pending[index].extend(polygons[open_edge].tolist())
             self._emit(index, polygons[~open_edge])
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         for index, pieces in self._pending.items():
             self._emit(index, np.asarray(merge_touching(pieces), dtype=object))
             self._pending[index] = []
@@ -360,7 +362,7 @@ class GeoJsonSink(MaskSink):
             shutil.copyfileobj(self._spool, fh)
             fh.write(b"\n]}\n")
         self._spool.close()
-        return [self._file.commit()]
+        return [self._file]
 
     def _abort(self) -> None:
         if self._spool is not None:

@@ -141,7 +141,7 @@ class OverlayPreviewSink(MaskSink):
         self._acc_sum[:] = 0
         self._acc_count = 0
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         ctx = self.ctx
         colours = palette_lut(ctx.palette)[self._labels]
         if self._has_image:
@@ -166,10 +166,10 @@ class OverlayPreviewSink(MaskSink):
         except BaseException:
             pending.discard()
             raise
-        return [pending.commit()]
+        return [pending]
 
     def _abort(self) -> None:
-        self._image = None  # nothing on disk before close()
+        self._image = None  # nothing on disk before finish(), whose file the template discards
 
     # ------------------------------------------------------------------ legend
     def legend_entries(self) -> List[Tuple[str, Tuple[int, int, int]]]:

@@ -23,7 +23,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .base import ExportContext, MaskSink, PathLike
+from .base import ExportContext, MaskSink, PathLike, PendingFile
 from .pyramid import StreamingPyramidTiff, colormap_from_palette, normalize_compression, reduce_labels_2x
 
 __all__ = ["PyramidTiffMaskSink", "TIFF_SUFFIXES"]
@@ -72,9 +72,9 @@ class PyramidTiffMaskSink(MaskSink):
                     image: Optional[np.ndarray]) -> None:
         self._writer.write_rows(labels)
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         self._writer.finish()
-        return [self._writer.commit()]
+        return [self._writer.pending]
 
     def _abort(self) -> None:
         if self._writer is not None:
