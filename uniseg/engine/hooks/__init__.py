@@ -1,3 +1,4 @@
+from .denormal import FlushDenormalHook, flush_denormal, flush_denormal_enabled
 from .iteration_seed import IterationSeedHook
 
-__all__ = ["IterationSeedHook"]
+__all__ = ["FlushDenormalHook", "IterationSeedHook", "flush_denormal", "flush_denormal_enabled"]
