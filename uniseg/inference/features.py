@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.backbones.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_encoder_spec
+from ..models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_encoder_spec
 from ..utils.imageio import ImageReadError, read_rgb
 
 __all__ = ["extract_features", "embed_batch", "preprocess_image", "resized_shape", "AMP_DTYPES"]
