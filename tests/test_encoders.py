@@ -234,47 +234,6 @@ def test_hub_id_resolves_from_local_cache_offline(tmp_path, monkeypatch):
         assert torch.equal(reference(x), model(x))
 
 
-def _package_import_graph(package_dir):
-    """``module -> modules of the same package it imports`` (relative imports, at any depth in the file)."""
-    import ast
-
-    graph = {}
-    for path in sorted(package_dir.glob("*.py")):
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps.update([node.module] if node.module else [alias.name for alias in node.names])
-        graph[path.stem] = deps - {path.stem}
-    return graph
-
-
-def _find_cycle(graph):
-    done, stack = set(), []
-
-    def visit(node):
-        if node in stack:
-            return stack[stack.index(node):] + [node]
-        if node in done or node not in graph:
-            return None
-        stack.append(node)
-        for dep in sorted(graph[node]):
-            cycle = visit(dep)
-            if cycle:
-                return cycle
-        stack.pop()
-        done.add(node)
-        return None
-
-    return next((c for c in map(visit, sorted(graph)) if c), None)
-
-
-def test_backbone_modules_import_each_other_without_cycles(repo_root):
-    graph = _package_import_graph(repo_root / "uniseg/models/backbones")
-    assert graph["spec"] == set() and "encoders" not in graph["weights"]
-    assert _find_cycle(graph) is None
-    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
-
-
 def test_public_names_stay_importable_from_the_package():
     import uniseg.models.backbones as backbones
     from uniseg.models.backbones import spec

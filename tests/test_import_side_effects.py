@@ -1,5 +1,6 @@
 """Importing uniseg changes nothing in torch, mmengine, mmcv, mmdet or mmseg, except by registering into
-OpenMMLab registries (the extension point configs select from).
+OpenMMLab registries (the extension point configs select from); and uniseg's modules import each other
+without cycles.
 
 A fresh interpreter first lists the modules of those packages that ``import uniseg`` loads. A second one
 imports exactly those, records their state, imports ``uniseg`` (and ``uniseg.models``, ``uniseg.engine``,
@@ -20,6 +21,7 @@ the tests that prove it catches a patch use one implementation.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -230,6 +232,61 @@ def test_the_check_reports_patches_and_allows_registration():
         ("replaced", "mmseg", "mmseg.metric['IoUMetric']"),
         ("added", "mmengine", "mmengine.model['ProbeInRoot']"),
     }, _describe(report["changes"])
+
+
+
+# --------------------------------------------------------------------------- uniseg's own import graph
+def _module_graph(package_root: Path) -> Dict[str, set]:
+    """``module -> uniseg modules it imports`` for every non-package module.
+
+    ``__init__`` files only re-export, so imports of a package are not followed into it.
+    """
+    files = {".".join(p.with_suffix("").relative_to(package_root.parent).parts): p
+             for p in package_root.rglob("*.py")}
+    modules = {name.removesuffix(".__init__") for name in files}
+    graph = {}
+    for name, path in files.items():
+        if name.endswith(".__init__"):
+            continue
+        package = name.rsplit(".", 1)[0].split(".")
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                deps.update(c for c in [base, *(f"{base}.{a.name}" for a in node.names)]
+                            if c in modules and f"{c}.__init__" not in files)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycle(graph: Dict[str, set]):
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    done: set = set()
+
+    def visit(node, path):
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        for dep in sorted(graph.get(node, ())):
+            found = visit(dep, path + [node])
+            if found:
+                return found
+        done.add(node)
+        return None
+
+    return next((found for found in (visit(n, []) for n in sorted(graph)) if found), None)
+
+
+def test_uniseg_modules_import_each_other_without_cycles():
+    graph = _module_graph(REPO / "uniseg")
+    assert graph["uniseg.models.backbones.spec"] == set()
+    assert graph["uniseg.io.slide"] <= {"uniseg.utils.imageio", "uniseg.utils.typing_utils"}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ called on any error or ``KeyboardInterrupt``) removes every temporary the sink m
 from __future__ import annotations
 
 import abc
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -28,8 +27,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_output
 from ..utils.palette import Color, resolve_palette
-
-PathLike = Union[str, os.PathLike]
+from ..utils.typing_utils import PathLike
 
 __all__ = ["BandOrderError", "ExportContext", "MaskSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
            "resolve_class_indices"]

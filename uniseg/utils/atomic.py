@@ -12,9 +12,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator
 
-PathLike = Union[str, os.PathLike]
+from .typing_utils import PathLike
 
 __all__ = ["atomic_output", "atomic_output_dir"]
 
