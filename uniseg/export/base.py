@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -35,8 +34,7 @@ import numpy as np
 
 from ..utils.atomic import OutputWriteError, PendingFile
 from ..utils.palette import Color, resolve_palette
-
-PathLike = Union[str, os.PathLike]
+from ..utils.typing_utils import PathLike
 
 __all__ = ["BandOrderError", "ExportContext", "MaskSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
            "resolve_class_indices"]

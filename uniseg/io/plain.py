@@ -6,13 +6,13 @@ through the same interface.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ..utils.imageio import ImageReadError, bit_depth_error, flatten_on_white, read_rgb
+from ..utils.typing_utils import PathLike
 from .slide import Mpp, SlideReader, normalize_mpp
 
 __all__ = ["PlainImageReader"]
@@ -60,7 +60,7 @@ class PlainImageReader(SlideReader):
 
     backend = "plain"
 
-    def __init__(self, path: Union[str, os.PathLike], mpp: Union[None, float, Sequence[float]] = None,
+    def __init__(self, path: PathLike, mpp: Union[None, float, Sequence[float]] = None,
                  *, image: Optional[np.ndarray] = None) -> None:
         path = Path(path)
         mpp_pair: Optional[Mpp] = normalize_mpp(mpp, path)

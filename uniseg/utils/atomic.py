@@ -28,9 +28,9 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple
 
-PathLike = Union[str, os.PathLike]
+from .typing_utils import PathLike
 
 __all__ = ["atomic_output", "atomic_output_dir", "OutputWriteError", "PendingFile", "publish_together",
            "recover_folder", "remove_stale_temporaries"]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
+
+from .seg_fields import seg_map_keys
 
 __all__ = ["ResampleToMPP", "resize_nearest"]
 
@@ -103,7 +105,7 @@ class ResampleToMPP(BaseTransform):
             resized = resized[..., None]
         results["img"] = resized
 
-        for key in _seg_keys(results):
+        for key in seg_map_keys(results):
             seg = results[key]
             if seg.shape[:2] != (in_h, in_w):
                 raise ValueError(
@@ -131,10 +133,3 @@ def _is_positive_number(value: Any) -> bool:
         and math.isfinite(float(value))
         and float(value) > 0
     )
-
-
-def _seg_keys(results: Dict[str, Any]) -> List[str]:
-    keys = list(dict.fromkeys(results.get("seg_fields", [])))
-    if "gt_seg_map" in results and "gt_seg_map" not in keys:
-        keys.append("gt_seg_map")
-    return keys
