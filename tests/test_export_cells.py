@@ -13,7 +13,7 @@ from shapely.geometry import shape
 
 from uniseg.export.base import BandOrderError, ExportContext
 from uniseg.export.cells import (CellBatch, CellGeoJsonSink, CellLabelTiffSink, CellSink, CellTableSink,
-                                 build_cell_sinks, cell_uuid)
+                                 build_cell_sinks)
 from uniseg.export.cells.geojson import cell_outlines
 from uniseg.export.pyramid import reduce_labels_2x
 from uniseg.inference.cell_stitching import CellStitcher
