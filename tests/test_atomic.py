@@ -116,10 +116,12 @@ def test_a_failure_before_the_journal_changes_nothing(tmp_path, monkeypatch):
 _CHILD = """
 import importlib.util, os, signal, sys
 from pathlib import Path
-# the module alone (it imports nothing of uniseg): importing the package would load torch in every child
-spec = importlib.util.spec_from_file_location("atomic", {module!r})
-atomic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(atomic)
+# uniseg.utils without uniseg/__init__.py, which would load torch and the OpenMMLab stack in every child
+import types
+package = types.ModuleType("uniseg")
+package.__path__ = [{package!r}]
+sys.modules["uniseg"] = package
+import uniseg.utils.atomic as atomic
 PendingFile, publish_together = atomic.PendingFile, atomic.publish_together
 
 folder, kill_at = Path({folder!r}), {kill_at!r}
@@ -168,7 +170,7 @@ def test_kill_9_during_the_commit_never_leaves_a_mixed_set_that_looks_complete(t
     folder.mkdir()
     for name, text in OLD.items():
         (folder / name).write_text(text)
-    code = _CHILD.format(module=str(REPO / "uniseg/utils/atomic.py"), folder=str(folder), kill_at=kill_at)
+    code = _CHILD.format(package=str(REPO / "uniseg"), folder=str(folder), kill_at=kill_at)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     if kill_at is None:
         assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr
