@@ -295,3 +295,82 @@ def test_load_segmentor_verifies_the_checkpoint(tmp_path, tiny_model_cfg):
     _flip(path, _data_entry_offset(path))
     with pytest.raises(CheckpointError, match="model.pth: corrupted"):
         load_segmentor(str(config), str(path))
+
+
+# ---------------------------------------------------------------------------------------------- hook order
+class _Runner:
+    """What SafeCheckpointHook uses of a runner; ``save_checkpoint`` records what existed while it wrote."""
+
+    def __init__(self, work_dir: Path, fail_after: int = -1):
+        from mmengine.logging import MessageHub, MMLogger
+
+        self.work_dir, self.iter, self.epoch = str(work_dir), 0, 0
+        self.logger = MMLogger.get_instance(f"hook-test-{os.urandom(4).hex()}")
+        self.message_hub = MessageHub(f"hook-test-{os.urandom(4).hex()}")
+        self.fail_after, self.events = fail_after, []
+
+    def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True, **kwargs):
+        existing = sorted(p.name for p in Path(out_dir).iterdir())
+        self.events.append((filename, existing))
+        step = kwargs["meta"]["iter"]
+        data = {"meta": {"iter": step}, "state_dict": {"w": torch.full((1000,), float(step))},
+                "message_hub": self.message_hub.state_dict()}
+        SafeCheckpointHook().before_save_checkpoint(self, data)
+        with open(Path(out_dir) / filename, "wb") as f:
+            if self.fail_after >= 0:  # a full disk: part of the file, then the error `ulimit -f` gives
+                f.write(b"\0" * self.fail_after)
+                raise OSError(27, "File too large")
+            torch.save(data, f)
+
+
+def _hook(runner: _Runner, **kwargs) -> SafeCheckpointHook:
+    hook = SafeCheckpointHook(interval=2, by_epoch=False, **kwargs)
+    hook.before_train(runner)
+    return hook
+
+
+def _save_at(hook, runner, step: int) -> None:
+    runner.iter = step - 1
+    hook._save_checkpoint(runner)
+    runner.iter = step
+
+
+def test_hook_writes_new_checkpoint_before_removing_the_old_one(tmp_path):
+    runner = _Runner(tmp_path)
+    hook = _hook(runner, max_keep_ckpts=1)
+    _save_at(hook, runner, 2)
+    _save_at(hook, runner, 4)
+    # the save of iter 4 went to a temporary while iter_2.pth was still there
+    assert runner.events[1] == (".iter_4.pth.partial", ["iter_2.pth", "last_checkpoint"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_4.pth", "last_checkpoint"]
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_4.pth")
+    assert load_verified_checkpoint(str(tmp_path / "iter_4.pth"))["meta"]["iter"] == 4
+
+
+def test_hook_keeps_the_previous_best_until_the_new_one_is_recorded(tmp_path):
+    runner = _Runner(tmp_path)
+    hook = _hook(runner, max_keep_ckpts=1, save_best="acc", rule="greater")
+    _save_at(hook, runner, 2)
+    hook._save_best_checkpoint(runner, {"acc": 0.5})
+    _save_at(hook, runner, 4)
+    runner.events.clear()
+    hook._save_best_checkpoint(runner, {"acc": 0.7})
+    assert [name for name, _ in runner.events] == [".best_acc_iter_4.pth.partial", ".iter_4.pth.partial"]
+    assert all("best_acc_iter_2.pth" in existing for _, existing in runner.events)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_acc_iter_4.pth", "iter_4.pth", "last_checkpoint"]
+    hub = load_verified_checkpoint(str(tmp_path / "iter_4.pth"))["message_hub"]
+    assert hub["runtime_info"]["best_ckpt"] == str(tmp_path / "best_acc_iter_4.pth")
+
+
+def test_a_failed_save_replaces_and_removes_nothing(tmp_path):
+    runner = _Runner(tmp_path)
+    hook = _hook(runner, max_keep_ckpts=1)
+    _save_at(hook, runner, 2)
+    before = (tmp_path / "iter_2.pth").read_bytes()
+    runner.fail_after = 4096
+    with pytest.raises(CheckpointError, match=r"iter_4.pth: writing the checkpoint failed \(\[Errno 27\] File too "
+                                              r"large\); nothing was replaced or removed, .*iter_2.pth is still"):
+        _save_at(hook, runner, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth", "last_checkpoint"]
+    assert (tmp_path / "iter_2.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")

@@ -67,52 +67,68 @@ def _temporaries(work: Path) -> list:
     return sorted(p.name for p in work.iterdir() if ".partial" in p.name)
 
 
-def test_kill_while_writing_the_only_kept_checkpoint(tmp_path, data, straight):
-    """max_keep_ckpts=1: SIGKILL while the bytes of iter_4.pth are being written. mmengine's hook had
-    already deleted iter_2.pth and was writing iter_4.pth in place: nothing left to resume from."""
-    marker, release = tmp_path / "saving", tmp_path / "release"
-    config = _write_config(
-        tmp_path / "cfg.py", data, batch_size=2, max_iters=6,
-        checkpoint="dict(interval=2, max_keep_ckpts=1, save_best=None)",
-        extra=_hooks(f"dict(type='PauseAtSaveHook', kind='periodic', occurrence=2, marker='{marker}', "
-                     f"release='{release}')"))
-    work = tmp_path / "work"
-    proc = _start(config, work)
-    _wait_for(marker, proc)  # paused inside the save of iteration 4, before any byte is written
-    assert marker.read_text() == "4"
-    # Make the write observable: whichever name the saver writes to (the final name, or the temporary
-    # the safe hook uses) is a FIFO, so the writer blocks after 64 KiB and is killed mid-file.
-    readers = {}
-    for path in (work / "iter_4.pth", work / temporary_checkpoint_name("iter_4.pth")):
-        os.mkfifo(path)
-        readers[path] = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    release.touch()
-    received, deadline = {}, time.time() + 300
-    while not received and time.time() < deadline:
-        for path, fd in readers.items():
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if chunk:
-                received[path] = chunk
-        time.sleep(0.01)
-    assert received, "the checkpoint write did not start"
-    assert proc.poll() is None
-    _kill(proc)
-    for path, fd in readers.items():  # leave what a killed write leaves: the file's first bytes
-        os.close(fd)
-        path.unlink()
-    (written, head), = received.items()
-    written.write_bytes(head)
-    print(f"killed while writing {written.name} ({len(head)} bytes written); left: {sorted(os.listdir(work))}")
+def _one_kept(tmp_path: Path, data: Path, probe: str) -> Path:
+    return _write_config(tmp_path / "cfg.py", data, batch_size=2, max_iters=6,
+                         checkpoint="dict(interval=2, max_keep_ckpts=1, save_best=None)", extra=_hooks(probe))
 
-    _train(config, work, "--resume")  # (the probe's release file exists: it no longer pauses)
-    assert _temporaries(work) == []  # the interrupted save's temporary is cleaned up at the start
+
+def _resume_and_compare(config: Path, work: Path, straight: Path) -> None:
+    """``--resume`` finishes the run, bit-identical to the uninterrupted one, and leaves a clean work dir."""
+    _train(config, work, "--resume")
+    assert _temporaries(work) == []  # the interrupted save's temporary is removed at the start
     assert (work / "last_checkpoint").read_text() == str(work / "iter_6.pth")
     assert sorted(p.name for p in work.glob("*.pth")) == ["iter_6.pth"]
     _assert_same_training_state(_state(straight / "iter_6.pth"), _state(work / "iter_6.pth"))
     assert _losses(straight)[6] == _losses(work)[6]
+
+
+def test_kill_as_the_only_kept_checkpoint_is_being_replaced(tmp_path, data, straight):
+    """max_keep_ckpts=1, SIGKILL inside the save of iteration 4. mmengine's hook had already deleted
+    iter_2.pth by then, and last_checkpoint named it: --resume had nothing to continue from."""
+    marker = tmp_path / "saving"
+    config = _one_kept(tmp_path, data, f"dict(type='PauseAtSaveHook', kind='periodic', occurrence=2, "
+                                       f"marker='{marker}')")
+    work = tmp_path / "work"
+    proc = _start(config, work)
+    _wait_for(marker, proc)  # paused inside the save of iteration 4
+    assert marker.read_text() == "4"
+    _kill(proc)
+    latest = Path((work / "last_checkpoint").read_text())
+    assert latest.is_file(), f"last_checkpoint names {latest.name}, which is gone"
+    assert load_verified_checkpoint(str(latest))["meta"]["iter"] == 2
+    _resume_and_compare(config, work, straight)  # (the probe pauses once: its marker exists now)
+
+
+def test_kill_in_the_middle_of_writing_a_checkpoint(tmp_path, data, straight):
+    """SIGKILL while the bytes of iter_4.pth are being written (max_keep_ckpts=1): the previous
+    checkpoint is intact, the partial file is a temporary that --resume removes."""
+    marker, release = tmp_path / "saving", tmp_path / "release"
+    config = _one_kept(tmp_path, data, f"dict(type='PauseAtSaveHook', kind='periodic', occurrence=2, "
+                                       f"marker='{marker}', release='{release}')")
+    work = tmp_path / "work"
+    proc = _start(config, work)
+    _wait_for(marker, proc)  # paused inside the save of iteration 4, before any byte is written
+    # The name the save writes to is a FIFO: the writer blocks after 64 KiB, and is killed mid-file.
+    partial = work / temporary_checkpoint_name("iter_4.pth")
+    os.mkfifo(partial)
+    reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
+    release.touch()
+    head, deadline = b"", time.time() + 300
+    while not head and time.time() < deadline:
+        try:
+            head = os.read(reader, 1 << 16)
+        except BlockingIOError:
+            pass
+        time.sleep(0.01)
+    assert head, "the checkpoint write did not start"
+    assert proc.poll() is None
+    _kill(proc)
+    os.close(reader)
+    partial.unlink()
+    partial.write_bytes(head)  # what a killed write leaves: the file's first bytes
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_2.pth"]
+    assert Path((work / "last_checkpoint").read_text()) == work / "iter_2.pth"
+    _resume_and_compare(config, work, straight)  # (the probe pauses once: its marker exists now)
 
 
 def test_kill_while_saving_a_new_best_checkpoint(tmp_path, data):
@@ -146,7 +162,7 @@ val_dataloader = dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSam
     assert best.is_file(), f"the best checkpoint {best.name} recorded in {latest.name} is gone"
     assert load_verified_checkpoint(str(best))["meta"]["iter"] == 2
 
-    _train(config, work, "--resume")  # (the probe pauses at the 2nd best save of a run: this one has one)
+    _train(config, work, "--resume")  # (the probe pauses once: its marker exists now)
     final = load_verified_checkpoint(str(work / "iter_6.pth"))
     hub = final["message_hub"]["runtime_info"]
     assert hub["best_score"] > best_score and hub["best_ckpt"] == str(work / "best_step_iter_6.pth")

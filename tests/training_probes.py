@@ -37,7 +37,8 @@ class PauseAtSaveHook(Hook):
     """Pause in the ``occurrence``-th save of ``kind`` ('periodic': with optimizer state, 'best': without).
 
     Writes ``marker`` (containing the checkpoint's iteration), then waits until ``release`` exists
-    (or forever when it is None: the test kills the process).
+    (or forever when it is None: the test kills the process). Once the marker exists it never pauses
+    again, so the same config serves the resumed run.
     """
 
     priority = "LOWEST"
@@ -52,7 +53,7 @@ class PauseAtSaveHook(Hook):
         if kind != self.kind:
             return
         self._seen += 1
-        if self._seen != self.occurrence:
+        if self._seen != self.occurrence or os.path.exists(self.marker):
             return
         _touch(self.marker, str(checkpoint["meta"]["iter"]))
         while self.release is None or not os.path.exists(self.release):

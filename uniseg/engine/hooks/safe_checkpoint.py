@@ -50,6 +50,7 @@ class SafeCheckpointHook(CheckpointHook):
                 runner.logger.info(f"removed {path}, left by an interrupted save")
 
     # ------------------------------------------------------------------ plain, verified content
+    # (priority VERY_LOW, as mmengine's: hooks that change the saved tensors must run before this one)
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         to_weights_only(checkpoint)
         add_checksum(checkpoint)
@@ -96,7 +97,7 @@ class SafeCheckpointHook(CheckpointHook):
             runner.logger.info(f"The previous {what} {path} is removed")
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
-        if not self._local:
+        if not getattr(self, "_local", False):  # (set in before_train; without it, as mmengine does)
             return super()._save_checkpoint_with_step(runner, step, meta)
         superseded: List[str] = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
@@ -113,7 +114,12 @@ class SafeCheckpointHook(CheckpointHook):
                     save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch, **self.args)
         if not is_main_process():
             return
-        write_text_durably(osp.join(runner.work_dir, "last_checkpoint"), self.last_ckpt)
+        pointer = osp.join(runner.work_dir, "last_checkpoint")
+        try:
+            write_text_durably(pointer, self.last_ckpt)
+        except OSError as exc:
+            raise CheckpointError(f"{pointer}: could not record {self.last_ckpt} as the latest checkpoint ({exc}); "
+                                  f"the checkpoint itself is complete and --resume finds it") from exc
         for path in superseded:
             if path != self.last_ckpt:
                 self._remove(runner, path)
@@ -121,7 +127,7 @@ class SafeCheckpointHook(CheckpointHook):
     def _save_best_checkpoint(self, runner, metrics) -> None:
         if not self.save_best:
             return
-        if not self._local:
+        if not getattr(self, "_local", False):
             return super()._save_best_checkpoint(runner, metrics)
         if self.by_epoch:
             step_name, unit, step = self.filename_tmpl.format(runner.epoch), "epoch", runner.epoch
