@@ -170,13 +170,14 @@ def test_killed_training_resumes_exactly(tmp_path, dataset):
 
 def _loss_on_full_batch(checkpoint: Path, config: Path) -> float:
     from mmengine.config import Config
-    from mmengine.runner import Runner
+
+    from uniseg.engine.launch import build_runner
 
     cfg = Config.fromfile(str(config))
     cfg.work_dir = str(checkpoint.parent / "eval")
     cfg.train_dataloader.sampler = dict(type="DefaultSampler", shuffle=False)
     cfg.train_dataloader.batch_size = 4
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)  # UnisegRunner: verified, strict
     runner.load_checkpoint(str(checkpoint))
     model = runner.model.train()
     batch = next(iter(runner.build_dataloader(cfg.train_dataloader)))

@@ -124,7 +124,13 @@ class FSDP2Strategy(DDPStrategy):
             return self._gathered["optim"]
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, options=_state_dict_options())
+        state = get_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, options=_state_dict_options())
+        # mmengine's OptimWrapper keeps the base learning rate (what schedulers and 'base_lr' in the log
+        # follow) beside the optimizer; its own state_dict() stores it, torch's gathering does not know it.
+        base = getattr(self.optim_wrapper, "base_param_settings", None)
+        if base is not None:
+            state["base_param_settings"] = dict(base)
+        return state
 
     def load_checkpoint(self, filename: str, *, map_location="cpu", strict: bool = True,
                         revise_keys: Iterable = DEFAULT_REVISE_KEYS, callback=None) -> dict:
@@ -154,8 +160,12 @@ class FSDP2Strategy(DDPStrategy):
     def load_optim_state_dict(self, state_dict: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        state_dict = dict(state_dict)
+        base = state_dict.pop("base_param_settings", None)
         set_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, state_dict,
                                  options=_state_dict_options())
+        if base is not None and getattr(self.optim_wrapper, "base_param_settings", None) is not None:
+            self.optim_wrapper.base_param_settings.update(base)
 
     def save_checkpoint(self, filename: str, *, save_optimizer: bool = True, save_param_scheduler: bool = True,
                         extra_ckpt: Optional[dict] = None, callback=None) -> None:
