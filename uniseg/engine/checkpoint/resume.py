@@ -106,6 +106,7 @@ def find_resume_checkpoint(work_dir: str, folders: Sequence[str] = (), templates
         print_log(f"{reason}: resuming from {path}, the newest complete checkpoint in {', '.join(search)}",
                   logger=logger, level=logging.WARNING)
         return path
+    names = ", ".join(t.replace("{}", "N") for t in templates)
     raise CheckpointError(f"{work_dir}: nothing to resume from: {reason}, and no complete, verified checkpoint "
-                          f"({', '.join(templates)}) is in {', '.join(search)}. Pass --resume CHECKPOINT to choose "
+                          f"({names}) is in {', '.join(search)}. Pass --resume CHECKPOINT to choose "
                           f"one, or train without --resume to start again.")
