@@ -64,12 +64,12 @@ def load_segmentor(config: str, checkpoint: str, device: str = "cpu",
                    cfg_options: Optional[dict] = None) -> Segmentor:
     """Build the model of ``config`` and load ``checkpoint`` (a tools/train.py checkpoint) strictly."""
     from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
     import uniseg  # noqa: F401  (registers uniseg's modules)
 
+    from ..engine.checkpoint import load_model_state, load_verified_checkpoint
     from ..models.backbones import get_encoder_spec
 
     if not os.path.isfile(config):
@@ -84,7 +84,8 @@ def load_segmentor(config: str, checkpoint: str, device: str = "cpu",
     if "encoder_weights" in backbone:
         backbone["encoder_weights"] = None  # the fine-tuned checkpoint carries the encoder
     model = MODELS.build(cfg.model)
-    ckpt = load_checkpoint(model, checkpoint, map_location="cpu", strict=True, logger="silent")
+    ckpt = load_verified_checkpoint(checkpoint, map_location="cpu")  # weights-only, checksum verified
+    load_model_state(model, ckpt, checkpoint, strict=True)
     model.to(device).eval()
 
     classes, palette = _class_names(cfg, ckpt.get("meta", {}), config)

@@ -21,7 +21,9 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=2, save_best='mDice'),
+    # mmengine's CheckpointHook, reordered: write (temporary, fsync, rename), then update last_checkpoint,
+    # then remove superseded checkpoints; checkpoints are plain (weights-only) data with a checksum.
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=2, save_best='mDice'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 # 8 GPUs x 2 images, as in the recipe; `--auto-scale-lr` rescales lr for other totals.
