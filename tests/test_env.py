@@ -554,7 +554,7 @@ def setup(machine):
 
 
 def test_setup_plan_only_prints_the_decision_and_creates_nothing(setup, tmp_path):
-    setup.machine.gpu()
+    machine = setup.machine.gpu()
     machine.toolkit(machine.root / "cuda-13.0", "13.0", on_path=True)
     bad = setup.wheels / "mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
     bad.parent.mkdir()
@@ -610,7 +610,7 @@ def test_setup_on_a_cpu_machine_installs_the_shared_wheel_then_takes_the_fast_pa
 
 
 def test_setup_cuda_build_failure_falls_back_to_cpu_ops_until_the_toolkit_changes(setup):
-    setup.machine.gpu()
+    machine = setup.machine.gpu()
     toolkit = machine.toolkit(machine.root / "cuda-12.8", "12.8", on_path=True)
     setup.make_venv()
     proc = setup.run(FAKE_CUDA_BUILD="fail")
@@ -648,7 +648,7 @@ def test_setup_cuda_build_failure_falls_back_to_cpu_ops_until_the_toolkit_change
 
 
 def test_setup_forced_cuda_build_failure_stops(setup):
-    setup.machine.gpu()
+    machine = setup.machine.gpu()
     machine.toolkit(machine.root / "cuda-12.8", "12.8", on_path=True)
     setup.make_venv()
     proc = setup.run(FAKE_CUDA_BUILD="fail", UNISEG_CUDA="1")
