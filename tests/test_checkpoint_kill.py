@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from test_training import (CLASSES, PROBES, _assert_same_training_state, _env, _losses, _state, _train,
-                           _write_config, _write_dataset)
+                           _write_config, _write_dataset, runtime_hooks_plus)
 from uniseg.engine.checkpoint import load_verified_checkpoint, temporary_checkpoint_name
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _hooks(*probes: str) -> str:
-    return PROBES + f"custom_hooks = [dict(type='IterationSeedHook'), {', '.join(probes)}]\n"
+    return PROBES + runtime_hooks_plus(*probes)
 
 
 def _temporaries(work: Path) -> list:

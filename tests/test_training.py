@@ -80,6 +80,15 @@ randomness = dict(seed=7)
 PROBES = "custom_imports = dict(imports=['uniseg', 'training_probes'], allow_failed_imports=False)\n"
 
 
+def runtime_hooks_plus(*hooks: str) -> str:
+    """A ``custom_hooks`` line: the default runtime's hooks (seeding, denormal flushing, class checks: every
+    uniseg run has them, so a reference run differs from a probed run by the probes alone) + ``hooks``."""
+    from mmengine.config import Config
+
+    base = [dict(hook) for hook in Config.fromfile(str(REPO / "configs/_base_/default_runtime.py")).custom_hooks]
+    return f"custom_hooks = {base!r} + [{', '.join(hooks)}]\n"
+
+
 def _env():
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("LOCAL_RANK", None)
@@ -249,8 +258,7 @@ def test_bf16_amp_and_gradient_accumulation_train(tmp_path, dataset):
     per two iterations: parameters unchanged after iterations 1 and 3, changed after 2 and 4."""
     config = _write_config(tmp_path / "amp.py", dataset, batch_size=2, max_iters=4, extra=PROBES + """
 optim_wrapper = dict(accumulative_counts=2)
-custom_hooks = [dict(type='IterationSeedHook'), dict(type='TrainingProbeHook')]
-""")
+""" + runtime_hooks_plus("dict(type='TrainingProbeHook')"))
     proc = _train(config, tmp_path / "amp", "--amp", "bf16")
     records = [json.loads(line) for line in (tmp_path / "amp" / "probe.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [0, 1, 2, 3, 4]
