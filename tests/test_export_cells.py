@@ -230,9 +230,6 @@ class _Nothing(CellSink):
         pass
 
     def _finish(self):
-        pass
-
-    def _commit(self):
         return []
 
     def _abort(self):

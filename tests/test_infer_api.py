@@ -502,15 +502,21 @@ def test_the_inferencer_refuses_nonsense_options_too():
         SlidingWindowInferencer(_DarkIsClassOne(), 2, tile=(64, 64), tissue_threshold=2)
 
 
-def test_one_default_window_everywhere():
+def test_one_default_window_everywhere(tmp_path):
+    """segment_file and the CLI leave the window unset (None: cell models have none, and giving one to them is
+    an error); for semantic models it then is DEFAULT_WINDOW, as in the inferencer."""
     import inspect
 
     from uniseg.inference.tiling import DEFAULT_WINDOW
 
     assert DEFAULT_WINDOW == "cosine"
-    assert inspect.signature(segment_file).parameters["window"].default == DEFAULT_WINDOW
+    assert inspect.signature(segment_file).parameters["window"].default is None
     assert inspect.signature(SlidingWindowInferencer).parameters["window"].default == DEFAULT_WINDOW
-    assert _load_cli().build_parser().get_default("window") == DEFAULT_WINDOW
+    parser = _load_cli().build_parser()
+    assert parser.get_default("window") is None
+    assert f"default {DEFAULT_WINDOW}" in parser.format_help()
+    image = _write_png(tmp_path / "case.png", _blobs(64, 64))
+    assert segment_file(_segmentor(), str(image), str(tmp_path / "o"), progress=False)["window"] == DEFAULT_WINDOW
 
 
 def test_inputs_with_the_same_stem_are_refused_before_any_work(tmp_path, capsys):
