@@ -168,20 +168,23 @@ def _print_result(path: str, summary: dict) -> None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from uniseg.engine.checkpoint import CheckpointError
-    from uniseg.inference.api import config_task, default_device, load_segmentor, read_config, segment_file
+    from uniseg.inference.api import (config_task, default_device, load_segmentor, read_config, segment_file,
+                                      window_defaults)
 
     try:
         cfg = read_config(args.config)
         task = config_task(cfg, args.config)
+        tile, stride, sources = window_defaults(cfg, task)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     options = _segment_options(args)
     if options["formats"] is None:
         options["formats"] = CLI_FORMATS[task]
-    try:  # the options of the other kind of model, before any model is loaded
+    try:  # what depends on the config (the kind of model, its window), before any model is loaded
         check_task_options(task, args.config, simplify_tolerance=args.simplify)
-        check_segment_options(task=task, config=args.config, **options)
+        check_segment_options(task=task, config=args.config, **options, default_tile=tile, default_stride=stride,
+                              default_sources=sources)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -189,11 +192,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as exc:  # a wrong model never runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:  # now with the config's tile and stride where the command line gave none
-        check_segment_options(task=task, config=args.config, **options, default_tile=segmentor.tile,
-                              default_stride=segmentor.stride, default_sources=segmentor.window_sources)
-    except ValueError as exc:
-        parser.error(str(exc))
     failures = 0
     for path in args.inputs:
         try:

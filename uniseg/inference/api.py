@@ -34,8 +34,9 @@ from ..utils.palette import resolve_palette
 from .options import DEFAULT_FORMATS, check_pair, check_segment_options, format_table
 from .tiling import DEFAULT_WINDOW
 
-__all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "segment_file", "output_stem",
-           "check_distinct_stems", "prepare_output_folder", "summary_name", "CELL_TILE", "CELL_STRIDE_FRACTION"]
+__all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "window_defaults", "segment_file",
+           "output_stem", "check_distinct_stems", "prepare_output_folder", "summary_name", "CELL_TILE",
+           "CELL_STRIDE_FRACTION"]
 
 #: window of a cell model whose config has no ``crop_size``
 CELL_TILE = 512
@@ -150,7 +151,7 @@ def _build_model(cfg, task: str) -> nn.Module:
     return MODELS.build(cfg.model)
 
 
-def _window_defaults(cfg, task: str) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[str, str]]:
+def window_defaults(cfg, task: str) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[str, str]]:
     """Default tile, stride and where they come from.
 
     Semantic: the config's sliding-window test settings (mmseg ``test_cfg``). Cells: mmdet's test_cfg
@@ -214,7 +215,7 @@ def load_segmentor(config: Union[str, Any], checkpoint: str, device: str = "cpu"
         num_outputs = getattr(model, "out_channels", len(classes))
     if num_outputs != len(classes):
         raise ValueError(f"{config}: {len(classes)} class names but the model predicts {num_outputs} classes")
-    tile, stride, sources = _window_defaults(cfg, task)
+    tile, stride, sources = window_defaults(cfg, task)
     encoder = backbone.get("encoder")
     working_mpp = get_encoder_spec(encoder).mpp if encoder else None
     return Segmentor(model, classes, resolve_palette(classes, palette), tile, stride, working_mpp, config, task,

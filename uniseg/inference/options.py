@@ -159,6 +159,13 @@ def _check_formats(task: Optional[str], formats: Sequence[str], export_options: 
             errors.append(exc)
     if task and config:
         raise ValueError(f"{errors[0]} ({config} describes one of the {_TASK_NAMES[task]})") from None
+    if task is None:
+        names = [str(f).strip().lower() for f in ([formats] if isinstance(formats, str) else formats)]
+        owners = {name: [t for t in TASKS if name in format_table(t)[0]] for name in names}
+        if all(owners.values()):  # each is known, but no kind of model writes them all
+            raise ValueError(f"--formats (formats) mixes outputs of semantic models ("
+                             f"{', '.join(n for n in names if 'semantic' in owners[n])}) and of cell models ("
+                             f"{', '.join(n for n in names if 'cells' in owners[n])}); one config writes one kind")
     raise errors[0]
 
 
