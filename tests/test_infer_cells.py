@@ -172,8 +172,10 @@ def _outputs(out: Path, stem: str) -> dict:
     return found
 
 
-def _assert_consistent(found: dict, origin=(0.0, 0.0)) -> int:
-    """Table, GeoJSON, id TIFF and summary describe the same cells; returns their number."""
+def _assert_consistent(found: dict, origin=(0.0, 0.0), scale: float = 1.0) -> int:
+    """Table, GeoJSON, id TIFF and summary describe the same cells; returns their number.
+
+    The TIFF is in output pixels; the table and the GeoJSON in slide pixels (``origin + scale * ...``)."""
     summary, rows, features, ids = found["summary"], found["rows"], found["features"], found["ids"]
     present = np.unique(ids[ids > 0]).tolist()
     table_ids = [int(r["id"]) for r in rows]
@@ -186,15 +188,18 @@ def _assert_consistent(found: dict, origin=(0.0, 0.0)) -> int:
     assert [int(r["area_pixels"]) for r in rows] == areas[table_ids].tolist()
     if table_ids:  # centroids of the TIFF's pixels, by scipy: the table's, in slide coordinates
         centres = np.asarray(ndimage.center_of_mass(np.ones_like(ids), ids, table_ids))
-        np.testing.assert_allclose([float(r["centroid_x"]) for r in rows], origin[0] + centres[:, 1] + 0.5, atol=6e-4)
-        np.testing.assert_allclose([float(r["centroid_y"]) for r in rows], origin[1] + centres[:, 0] + 0.5, atol=6e-4)
+        np.testing.assert_allclose([float(r["centroid_x"]) for r in rows], origin[0] + scale * (centres[:, 1] + 0.5),
+                                   atol=6e-4)
+        np.testing.assert_allclose([float(r["centroid_y"]) for r in rows], origin[1] + scale * (centres[:, 0] + 0.5),
+                                   atol=6e-4)
     height, width = ids.shape
     for feature in features:
         geometry = shapely.geometry.shape(feature["geometry"])
         assert feature["properties"]["objectType"] == "detection"
-        assert geometry.area == areas[feature["properties"]["measurements"]["Cell ID"]]
+        assert geometry.area == areas[feature["properties"]["measurements"]["Cell ID"]] * scale ** 2
         x0, y0, x1, y1 = geometry.bounds
-        assert origin[0] <= x0 and x1 <= origin[0] + width and origin[1] <= y0 and y1 <= origin[1] + height
+        assert origin[0] <= x0 and x1 <= origin[0] + scale * width
+        assert origin[1] <= y0 and y1 <= origin[1] + scale * height
     return len(rows)
 
 
@@ -228,8 +233,8 @@ def test_thing_classes_come_from_meta_json_when_the_config_and_checkpoint_have_n
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(json.dumps(
         {"classes": ["background", "tumour", "nucleus"], "thing_classes": ["nucleus"]}))
-    config = _write_instance_config(tmp_path / "meta_cfg.py",
-                                    dataset=f"test_dataloader = dict(dataset=dict(data_root={str(tmp_path / 'data')!r}))")
+    dataset = f"test_dataloader = dict(dataset=dict(data_root={str(tmp_path / 'data')!r}))"
+    config = _write_instance_config(tmp_path / "meta_cfg.py", dataset=dataset)
     bare = _save(_build_instance_model(config), tmp_path / "bare.pth", {})
     assert load_segmentor(str(config), str(bare)).classes == ("nucleus",)
 
@@ -265,9 +270,40 @@ def test_a_region_maps_cells_to_slide_coordinates(tmp_path):
     assert _assert_consistent(found, origin=(x, y)) == reference.max() > 50
     _assert_same_cells(reference, found["ids"])  # the TIFF covers the region only
     # the table's boxes are the reference's, shifted by the region's origin
-    boxes = sorted((s[1].start + x, s[0].start + y, s[1].stop + x, s[0].stop + y) for s in ndimage.find_objects(reference))
-    table = sorted(tuple(round(float(r[k])) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")) for r in found["rows"])
+    boxes = sorted((s[1].start + x, s[0].start + y, s[1].stop + x, s[0].stop + y)
+                   for s in ndimage.find_objects(reference))
+    table = sorted(tuple(round(float(r[k])) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
+                   for r in found["rows"])
     assert table == boxes
+
+
+def test_a_slide_is_read_at_the_working_resolution_and_densities_use_the_tissue_area(tmp_path):
+    """A 0.25 um/px slide whose level 1 (0.5 um/px, the encoder's resolution) is the nuclei image: the cells are
+    found at level 1 and reported in level-0 pixels and microns."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_infer_api import _pyramid
+
+    from uniseg.inference.tissue import tissue_fraction
+
+    rgb = read_rgb(NUCLEI)
+    slide = _pyramid(tmp_path / "slide.tif", np.repeat(np.repeat(rgb, 2, 0), 2, 1), mpp=0.25)  # level 1 = rgb
+    segmentor = _stand_in()
+    segmentor.working_mpp = 0.5
+    summary = segment_file(segmentor, str(slide), str(tmp_path / "o"), formats=["geojson", "csv", "tiff"],
+                           progress=False)
+    assert summary["level"] == 1 and summary["scale"] == pytest.approx(2.0) and summary["mpp"] == pytest.approx(0.5)
+    found = _outputs(tmp_path / "o", "slide")
+    assert _assert_consistent(found, scale=summary["scale"]) == 97
+    _assert_same_cells(_reference(rgb), found["ids"])
+    areas = np.bincount(found["ids"].ravel().astype(np.int64))
+    np.testing.assert_allclose([float(r["area_um2"]) for r in found["rows"]],
+                               areas[[int(r["id"]) for r in found["rows"]]] * summary["mpp"] ** 2, atol=6e-5)
+    tissue_pixels = round(tissue_fraction(rgb) * rgb.shape[0] * rgb.shape[1])  # every pixel counted once
+    assert summary["tissue_pixels"] == tissue_pixels
+    tissue_mm2 = tissue_pixels * (summary["mpp"] / 1000) ** 2
+    assert summary["tissue_area_mm2"] == pytest.approx(tissue_mm2, abs=1e-6)
+    assert summary["cells_per_mm2_tissue"] == pytest.approx(97 / tissue_mm2, abs=1e-3)
+    assert summary["classes"]["nucleus"]["cells_per_mm2_tissue"] == summary["cells_per_mm2_tissue"]
 
 
 def test_windows_without_tissue_are_skipped_in_cell_mode(tmp_path):
@@ -451,7 +487,8 @@ def test_cli_refuses_inputs_with_the_same_stem_in_cell_mode(models, tmp_path, ca
         path.parent.mkdir()
         path.write_bytes(NUCLEI.read_bytes())
     with pytest.raises(SystemExit) as exit_info:
-        _load_cli().main([str(models["config"]), str(models["checkpoint"]), str(a), str(b), "--out", str(tmp_path / "o")])
+        _load_cli().main([str(models["config"]), str(models["checkpoint"]), str(a), str(b),
+                          "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert f"inputs {a} and {b} would both write outputs named nuclei_*" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -13,8 +13,8 @@ number of ``write_cells`` / ``write_band`` calls, then ``finish()`` (all the wri
 complete temporaries) and ``commit()`` (renames them), or ``close()`` for both, and ``abort()`` on any
 error; files appear under their final names only when committed. As for mask sinks, the files that
 ``finish()`` returns can instead be published together with other outputs by
-:func:`uniseg.utils.atomic.publish_together` (what :func:`uniseg.inference.api.segment_file` does). Geometry and classes come from the same
-:class:`~uniseg.export.base.ExportContext` as the semantic sinks: coordinates in a batch are ROI
+:func:`uniseg.utils.atomic.publish_together` (what :func:`uniseg.inference.api.segment_file` does).
+Geometry and classes come from the same :class:`~uniseg.export.base.ExportContext` as the semantic sinks: coordinates in a batch are ROI
 (output) pixels, and each sink maps them to slide coordinates with ``ctx.origin`` / ``ctx.scale``.
 """
 from __future__ import annotations
