@@ -463,6 +463,7 @@ SEMANTIC_CONFIG_ERRORS = [
                              r".*ihc-demo-128x128\.py describes one of the semantic segmentation models"),
     (["--border-cells", "drop"], r"--border-cells \(border_cells\) applies to instance models"),
     (["--formats", "csv"], r"unknown output format\(s\) \['csv'\] in --formats \(formats\)"),
+    (["--simplify", "1"], r"--simplify applies to the GeoJSON output only: add geojson to --formats"),
 ]
 
 
@@ -521,6 +522,13 @@ def test_a_semantic_model_in_an_instance_config_is_refused(tmp_path):
                                          r"Mask2Former or MaskFormer only, not from 'UniEncoderDecoder'"):
         config_task(read_config(str(config)), str(config))
     assert config_task(read_config(str(SEMANTIC_CONFIG))) == "semantic"
+
+
+def test_a_model_that_cannot_be_built_is_a_config_error(models, tmp_path):
+    config = tmp_path / "typo_cfg.py"
+    config.write_text(f"_base_ = [{str(models['config'])!r}]\nmodel = dict(backbone=dict(type='mmseg.VitAdaptor'))\n")
+    with pytest.raises(ValueError, match=r"typo_cfg.py: cannot build its model: .*VitAdaptor"):
+        load_segmentor(str(config), str(models["checkpoint"]))
 
 
 def test_no_cells_when_the_model_finds_none(tmp_path):

@@ -144,8 +144,6 @@ def parse_args(argv=None, parser: argparse.ArgumentParser = None) -> argparse.Na
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    if args.simplify is not None and "geojson" not in (args.formats or ()):
-        parser.error("--simplify applies to the GeoJSON output only: add geojson to --formats")
     try:
         check_segment_options(**_segment_options(args))
         args.stems = check_distinct_stems(args.inputs, args.region)
@@ -183,6 +181,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         options["formats"] = CLI_FORMATS[task]
     try:  # what depends on the config (the kind of model, its window), before any model is loaded
         check_task_options(task, args.config, simplify_tolerance=args.simplify)
+        if args.simplify is not None and "geojson" not in options["formats"]:
+            raise ValueError("--simplify applies to the GeoJSON output only: add geojson to --formats")
         check_segment_options(task=task, config=args.config, **options, default_tile=tile, default_stride=stride,
                               default_sources=sources)
     except ValueError as exc:

@@ -203,7 +203,10 @@ def load_segmentor(config: Union[str, Any], checkpoint: str, device: str = "cpu"
     backbone = cfg.model.get("backbone", {})
     if "encoder_weights" in backbone:
         backbone["encoder_weights"] = None  # the fine-tuned checkpoint carries the encoder
-    model = _build_model(cfg, task)
+    try:
+        model = _build_model(cfg, task)
+    except KeyError as exc:  # a type no registry of the model's scope knows
+        raise ValueError(f"{config}: cannot build its model: {exc.args[0] if exc.args else exc}") from exc
     ckpt = load_verified_checkpoint(checkpoint, map_location="cpu")  # weights-only, checksum verified
     load_model_state(model, ckpt, checkpoint, strict=True)
     model.to(device).eval()

@@ -162,7 +162,8 @@ def _check_formats(task: Optional[str], formats: Sequence[str], export_options: 
     if task is None:
         names = [str(f).strip().lower() for f in ([formats] if isinstance(formats, str) else formats)]
         owners = {name: [t for t in TASKS if name in format_table(t)[0]] for name in names}
-        if all(owners.values()):  # each is known, but no kind of model writes them all
+        if all(owners.values()) and not any(all(t in o for o in owners.values()) for t in TASKS):
+            # each is known, but no kind of model writes them all
             raise ValueError(f"--formats (formats) mixes outputs of semantic models ("
                              f"{', '.join(n for n in names if 'semantic' in owners[n])}) and of cell models ("
                              f"{', '.join(n for n in names if 'cells' in owners[n])}); one config writes one kind")
