@@ -133,8 +133,6 @@ class Collect(CellSink):
 
     def _finish(self):
         self.ids = np.concatenate(self.rows)
-
-    def _commit(self):
         return []
 
     def _abort(self):

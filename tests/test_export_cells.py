@@ -230,9 +230,6 @@ class _Nothing(CellSink):
         pass
 
     def _finish(self):
-        pass
-
-    def _commit(self):
         return []
 
     def _abort(self):
@@ -297,6 +294,38 @@ def test_abort_leaves_nothing_and_bad_options_are_refused(tmp_path):
         CellTableSink(tmp_path / "c.txt")
     with pytest.raises(ValueError, match="lossless"):
         CellLabelTiffSink(tmp_path / "c.tif", compression="jpeg")
+
+
+def test_finish_writes_everything_and_commit_only_renames(tmp_path):
+    """The mask sinks' two phases: segment_file publishes what finish() returns together with the summary."""
+    sinks = build_cell_sinks(["geojson", "csv", "tiff"], tmp_path, "s", tiff={"tile": 32})
+    staged = []
+    for sink in sinks:
+        sink.open(_ctx())
+        sink.write_band(0, np.zeros((H, W), np.uint32))
+        staged += sink.finish()
+    assert [p.path.name for p in staged] == ["s_cells.geojson", "s_cells.csv", "s_cells.tif"]
+    assert all(p.tmp.is_file() and not p.path.exists() for p in staged)
+    sizes = [p.tmp.stat().st_size for p in staged]
+    assert [sink.commit() for sink in sinks] == [[p.path] for p in staged]
+    assert [p.path.stat().st_size for p in staged] == sizes  # nothing written after finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_cells.csv", "s_cells.geojson", "s_cells.tif"]
+
+
+def test_operating_system_errors_name_the_output(tmp_path):
+    from uniseg.utils.atomic import OutputWriteError
+
+    class DiskFull(_Nothing):
+        def describe(self):
+            return str(tmp_path / "s_cells.csv")
+
+        def _write_band(self, y0, ids):
+            raise OSError(28, "No space left on device")
+
+    sink = DiskFull()
+    sink.open(_ctx())
+    with pytest.raises(OutputWriteError, match=r"s_cells.csv: cannot write this output \(No space left on device\)"):
+        sink.write_band(0, np.zeros((H, W), np.uint32))
 
 
 def test_parquet_needs_pyarrow(tmp_path):

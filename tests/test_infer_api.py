@@ -502,15 +502,21 @@ def test_the_inferencer_refuses_nonsense_options_too():
         SlidingWindowInferencer(_DarkIsClassOne(), 2, tile=(64, 64), tissue_threshold=2)
 
 
-def test_one_default_window_everywhere():
+def test_one_default_window_everywhere(tmp_path):
+    """segment_file and the CLI leave the window unset (None: cell models have none, and giving one to them is
+    an error); for semantic models it then is DEFAULT_WINDOW, as in the inferencer."""
     import inspect
 
     from uniseg.inference.tiling import DEFAULT_WINDOW
 
     assert DEFAULT_WINDOW == "cosine"
-    assert inspect.signature(segment_file).parameters["window"].default == DEFAULT_WINDOW
+    assert inspect.signature(segment_file).parameters["window"].default is None
     assert inspect.signature(SlidingWindowInferencer).parameters["window"].default == DEFAULT_WINDOW
-    assert _load_cli().build_parser().get_default("window") == DEFAULT_WINDOW
+    parser = _load_cli().build_parser()
+    assert parser.get_default("window") is None
+    assert f"default {DEFAULT_WINDOW}" in parser.format_help()
+    image = _write_png(tmp_path / "case.png", _blobs(64, 64))
+    assert segment_file(_segmentor(), str(image), str(tmp_path / "o"), progress=False)["window"] == DEFAULT_WINDOW
 
 
 def test_inputs_with_the_same_stem_are_refused_before_any_work(tmp_path, capsys):
@@ -529,3 +535,49 @@ def test_inputs_with_the_same_stem_are_refused_before_any_work(tmp_path, capsys)
     err = capsys.readouterr().err
     assert str(a) in err and str(b) in err and "ihc_br_*" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- process settings of the tools
+def _load_script(relative: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+@pytest.mark.parametrize("tool", ["tools/infer.py", "tools/extract_features.py", "benchmarks/bench_segmentor.py"])
+def test_tools_flush_denormals_while_they_work_and_restore_the_setting_after(tool, tmp_path, monkeypatch):
+    """The library never flips the process switch; each tool does, for its own work only."""
+    from uniseg.engine.hooks import flush_denormal_enabled
+
+    seen = []
+    image = _write_png(tmp_path / "images" / "case.png", _blobs(32, 32))
+    if tool == "tools/infer.py":
+        module = _load_cli()
+        monkeypatch.setattr(module, "run", lambda args, parser: seen.append(flush_denormal_enabled()) or 0)
+        run = lambda: module.main(["config.py", "model.pth", str(image), "--out", str(tmp_path / "o")])  # noqa: E731
+    elif tool == "tools/extract_features.py":
+        import uniseg.inference.features as features
+
+        module = _load_script(tool, "extract_features_cli")
+        monkeypatch.setattr(features, "extract_features", lambda *args, **kwargs: (
+            seen.append(flush_denormal_enabled()), (np.zeros((1, 4), np.float32), ["case.png"]))[1])
+        run = lambda: module.main([str(image.parent), str(tmp_path / "f.npz"), "--no-progress"])  # noqa: E731
+    else:
+        module = _load_script(tool, "bench_segmentor_cli")
+        monkeypatch.setattr(module, "measure_case", lambda **case: seen.append(flush_denormal_enabled()) or {})
+        args = module.parse_args(["--configs", "tiny", "--with-cp", "off", "--device", "cpu",
+                                  "--worker-out", str(tmp_path / "case.json")])
+        run = lambda: module._worker(args)  # noqa: E731  (the process that times the steps)
+    before = flush_denormal_enabled()
+    try:
+        for state in (False, True):
+            torch.set_flush_denormal(state)
+            assert run() == 0
+            assert seen.pop() is True and flush_denormal_enabled() is state
+    finally:
+        torch.set_flush_denormal(before)

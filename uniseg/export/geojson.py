@@ -44,7 +44,7 @@ from shapely.geometry import Polygon
 
 from .base import ExportContext, MaskSink, PathLike, PendingFile, labels_present, resolve_class_indices
 
-__all__ = ["GeoJsonSink", "mask_to_polygons", "merge_touching", "trace_polygons"]
+__all__ = ["GeoJsonSink", "mask_to_polygons", "merge_touching", "orient_polygons", "trace_polygons"]
 
 
 def _polygon_parts(geom: shapely.Geometry) -> List[Polygon]:
@@ -64,8 +64,9 @@ def _make_valid(geometry: shapely.Geometry) -> shapely.Geometry:
         return shapely.make_valid(geometry)
 
 
-def _orient(polygons: np.ndarray) -> np.ndarray:
-    """Counter-clockwise exteriors, clockwise holes (vectorised where shapely >= 2.1 allows)."""
+def orient_polygons(polygons: np.ndarray) -> np.ndarray:
+    """Counter-clockwise exteriors, clockwise holes, as RFC 7946 asks of GeoJSON (vectorised where shapely
+    >= 2.1 allows; one polygon at a time on shapely 2.0)."""
     if hasattr(shapely, "orient_polygons"):
         return shapely.orient_polygons(polygons)
     from shapely.geometry.polygon import orient
@@ -390,7 +391,7 @@ class GeoJsonSink(MaskSink):
         (ox, oy), scale = self.ctx.origin, self.ctx.scale
         if (ox, oy, scale) != (0.0, 0.0, 1.0):
             polygons = shapely.transform(polygons, lambda xy: xy * scale + (ox, oy))
-        polygons = _orient(polygons)  # exterior CCW, holes CW (RFC 7946)
+        polygons = orient_polygons(polygons)  # exterior CCW, holes CW (RFC 7946)
         tail = ',"properties":' + self._properties[index] + "}"
         features = ['{"type":"Feature","geometry":' + geometry + tail for geometry in shapely.to_geojson(polygons)]
         text = ",\n".join(features)

@@ -55,13 +55,12 @@ from scipy import ndimage
 
 from ..export.cells.base import CellBatch
 from ..structures.instances import InstanceMap, instance_properties
-from .inferencer import ImageSource, _progress
+from .inferencer import ImageSource, progress_bar
+from .options import BORDER_CELLS
 from .tiling import TileGrid, axis_starts
 from .tissue import tissue_fraction
 
 __all__ = ["CellPredictor", "CellStitcher", "CellStats", "axis_cores", "cell_summary", "BORDER_CELLS"]
-
-BORDER_CELLS = ("keep", "drop")
 
 
 class CellPredictor(Protocol):
@@ -203,7 +202,7 @@ class _StitchRun:
         th, tw = grid.tile_height, grid.tile_width
         cols = grid.col_starts
         rows = list(grid.rows())
-        bar = _progress(len(grid), self.progress)
+        bar = progress_bar(len(grid), self.progress)
         start = time.perf_counter()
         for r, (y0, finished) in enumerate(rows):
             strip = self.source.read(0, y0, self.width, th)

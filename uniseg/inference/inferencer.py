@@ -26,7 +26,7 @@ from .options import check_pair, check_window_options
 from .tiling import DEFAULT_WINDOW, TileGrid, blend_window
 from .tissue import tissue_fraction
 
-__all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource"]
+__all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource", "progress_bar"]
 
 
 class ImageSource(Protocol):
@@ -140,7 +140,7 @@ class SlidingWindowInferencer:
         band_weight = torch.zeros(th, width, device=self.device)
         stats = InferenceStats(class_pixels=[0] * classes)
         cols = grid.col_starts
-        bar = _progress(len(grid), progress)
+        bar = progress_bar(len(grid), progress)
         start = time.perf_counter()
         for y0, finished in grid.rows():
             # The band always starts at the current tile row (earlier rows were emitted).
@@ -203,7 +203,8 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar over ``total`` windows, or a silent stand-in when ``enabled`` is false (or tqdm is missing)."""
     if not enabled:
         return _NoBar()
     try:

@@ -9,10 +9,12 @@ Cells leave the stitcher in two streams, both top to bottom:
   once no undecided cell can still touch them. Raster formats (the label TIFF) consume these.
 
 :class:`CellSink` mirrors :class:`uniseg.export.base.MaskSink`'s life cycle: ``open(ctx)``, any
-number of ``write_cells`` / ``write_band`` calls, then ``close()`` (or ``finish()`` + ``commit()``
-when several outputs must be published together), and ``abort()`` on any error; files appear
-under their final names only when committed. Geometry and classes come from the same
-:class:`~uniseg.export.base.ExportContext` as the semantic sinks: coordinates in a batch are ROI
+number of ``write_cells`` / ``write_band`` calls, then ``finish()`` (all the writing; returns the
+complete temporaries) and ``commit()`` (renames them), or ``close()`` for both, and ``abort()`` on any
+error; files appear under their final names only when committed. As for mask sinks, the files that
+``finish()`` returns can instead be published together with other outputs by
+:func:`uniseg.utils.atomic.publish_together` (what :func:`uniseg.inference.api.segment_file` does).
+Geometry and classes come from the same :class:`~uniseg.export.base.ExportContext` as the semantic sinks: coordinates in a batch are ROI
 (output) pixels, and each sink maps them to slide coordinates with ``ctx.origin`` / ``ctx.scale``.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..base import BandOrderError, ExportContext
+from ..base import BandOrderError, ExportContext, MaskSink, PendingFile
 
 __all__ = ["CellBatch", "CellSink", "slide_centroids", "slide_boxes"]
 
@@ -97,7 +99,7 @@ class CellSink(abc.ABC):
 
     The template checks what every format relies on (state, band order and shape, class indices,
     ids that never repeat across batches) so formats implement only ``_open`` / ``_write_cells`` /
-    ``_write_band`` / ``_finish`` / ``_commit`` / ``_abort``. ``write_band`` receives a view into
+    ``_write_band`` / ``_finish`` / ``_abort``. ``write_band`` receives a view into
     the stitcher's buffer: a sink must copy what it keeps.
     """
 
@@ -106,6 +108,7 @@ class CellSink(abc.ABC):
         self._next_row = 0
         self._last_id = 0
         self._state = "new"
+        self._pending: List[PendingFile] = []
 
     # ------------------------------------------------------------------ public API
     @property
@@ -118,6 +121,9 @@ class CellSink(abc.ABC):
         """Short name used in error messages (the output path for file sinks)."""
         return type(self).__name__
 
+    # operating-system errors while writing (full disk, read-only folder) name the output, as for mask sinks
+    _naming_write_errors = MaskSink._naming_write_errors
+
     def open(self, ctx: ExportContext) -> None:
         if self._state != "new":
             raise RuntimeError(f"{self.describe()}: open() called on a sink that is {self._state}")
@@ -126,7 +132,8 @@ class CellSink(abc.ABC):
         self._ctx = ctx
         self._state = "open"
         try:
-            self._open(ctx)
+            with self._naming_write_errors():
+                self._open(ctx)
         except BaseException:
             self.abort()
             raise
@@ -148,7 +155,8 @@ class CellSink(abc.ABC):
         y0, x0, y1, x1 = cells.boxes.T
         if y0.min() < 0 or x0.min() < 0 or y1.max() > ctx.height or x1.max() > ctx.width:
             raise ValueError(f"{where}: cell boxes reach outside the {ctx.width} x {ctx.height} ROI")
-        self._write_cells(cells)
+        with self._naming_write_errors():
+            self._write_cells(cells)
         self._last_id = int(cells.ids[-1])
 
     def write_band(self, y0: int, ids: np.ndarray) -> None:
@@ -165,27 +173,35 @@ class CellSink(abc.ABC):
         if h < 1 or y0 + h > ctx.height or w != ctx.width:
             raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} x {w} do not fit the "
                                  f"{ctx.width} x {ctx.height} ROI")
-        self._write_band(int(y0), ids)
+        with self._naming_write_errors():
+            self._write_band(int(y0), ids)
         self._next_row = int(y0) + h
 
-    def finish(self) -> None:
-        """Complete every temporary file (all rows must have arrived); nothing is renamed yet."""
+    def finish(self) -> List[PendingFile]:
+        """Complete every output under its temporary name (all rows must have arrived); rename nothing.
+
+        The returned files are published by :meth:`commit`, or together with other outputs by
+        :func:`uniseg.utils.atomic.publish_together`.
+        """
         self._require("open", "finish()")
         try:
             if self._next_row != self.ctx.height:
                 raise BandOrderError(f"{self.describe()}: finished after {self._next_row} of {self.ctx.height} "
                                      "rows; the output would be incomplete")
-            self._finish()
+            with self._naming_write_errors():
+                self._pending = list(self._finish())
         except BaseException:
             self.abort()
             raise
         self._state = "finished"
+        return list(self._pending)
 
     def commit(self) -> List[Path]:
         """Move the finished outputs to their final names; returns those paths."""
         self._require("finished", "commit()")
         try:
-            paths = self._commit()
+            with self._naming_write_errors():
+                paths = [pending.path if pending.done else pending.commit() for pending in self._pending]
         except BaseException:
             self.abort()
             raise
@@ -193,18 +209,20 @@ class CellSink(abc.ABC):
         return paths
 
     def close(self) -> List[Path]:
-        """``finish()`` then ``commit()``: the :class:`~uniseg.export.base.MaskSink` ending."""
+        """``finish()`` then ``commit()``: for a sink whose outputs are published on their own."""
         self.finish()
         return self.commit()
 
     def abort(self) -> None:
-        """Remove every temporary; safe to call repeatedly and in any state."""
+        """Remove every temporary; safe to call repeatedly and in any state (committed files stay)."""
         if self._state in ("closed", "aborted"):
             return
         had_files = self._state in ("open", "finished")
         self._state = "aborted"
         if had_files:
             self._abort()
+            for pending in self._pending:
+                pending.discard()
 
     def _require(self, state: str, call: str) -> None:
         if self._state != state:
@@ -222,12 +240,8 @@ class CellSink(abc.ABC):
         """Consume a validated id band (raster formats)."""
 
     @abc.abstractmethod
-    def _finish(self) -> None:
-        """Complete the temporaries."""
-
-    @abc.abstractmethod
-    def _commit(self) -> List[Path]:
-        """Rename the temporaries into place."""
+    def _finish(self) -> List[PendingFile]:
+        """Complete the outputs under their temporary names and return them; do not rename them."""
 
     @abc.abstractmethod
     def _abort(self) -> None:

@@ -35,7 +35,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from ..base import ExportContext, PathLike, PendingFile
-from ..geojson import _orient, trace_polygons
+from ..geojson import orient_polygons, trace_polygons
 from .base import CellBatch, CellSink, slide_centroids
 
 __all__ = ["CellGeoJsonSink", "cell_outlines", "cell_uuid"]
@@ -155,14 +155,12 @@ class CellGeoJsonSink(CellSink):
         (ox, oy), scale = self.ctx.origin, self.ctx.scale
         offset = np.stack([ox + scale * cells.boxes[:, 1], oy + scale * cells.boxes[:, 0]], axis=1)
         geometries = shapely.set_coordinates(geometries, coords * scale + offset[owner])
-        return _orient(geometries)  # exterior CCW, holes CW (RFC 7946); shapely 2.0 fallback inside
+        return orient_polygons(geometries)  # exterior CCW, holes CW (RFC 7946)
 
-    def _finish(self) -> None:
+    def _finish(self) -> List[PendingFile]:
         self._fh.write(b"\n]}\n")
         self._fh.close()
-
-    def _commit(self) -> List[Path]:
-        return [self._file.commit()]
+        return [self._file]
 
     def _abort(self) -> None:
         if self._fh is not None:

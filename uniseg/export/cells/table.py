@@ -102,18 +102,16 @@ class CellTableSink(CellSink):
             self._writer = pq.ParquetWriter(str(self._file.tmp), _parquet_schema())
         self._writer.write_table(pa.table({name: columns[name] for name in TABLE_COLUMNS}, schema=_parquet_schema()))
 
-    def _finish(self) -> None:
+    def _finish(self) -> List[PendingFile]:
         if self.format == "csv":
             self._fh.close()
-            return
+            return [self._file]
         if self._writer is None:  # no cell at all: still a valid, empty table
             import pyarrow.parquet as pq
 
             self._writer = pq.ParquetWriter(str(self._file.tmp), _parquet_schema())
         self._writer.close()
-
-    def _commit(self) -> List[Path]:
-        return [self._file.commit()]
+        return [self._file]
 
     def _abort(self) -> None:
         if self._fh is not None:

@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..base import ExportContext, PathLike
+from ..base import ExportContext, PathLike, PendingFile
 from ..pyramid import StreamingPyramidTiff, normalize_compression, reduce_labels_2x
 from ..tiff import TIFF_SUFFIXES
 from .base import CellSink
@@ -67,11 +67,9 @@ class CellLabelTiffSink(CellSink):
     def _write_band(self, y0: int, ids: np.ndarray) -> None:
         self._writer.write_rows(ids)
 
-    def _finish(self) -> None:
+    def _finish(self) -> List[PendingFile]:
         self._writer.finish()
-
-    def _commit(self) -> List[Path]:
-        return [self._writer.commit()]
+        return [self._writer.pending]
 
     def _abort(self) -> None:
         if self._writer is not None:
