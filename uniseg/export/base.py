@@ -36,7 +36,7 @@ from ..utils.atomic import OutputWriteError, PendingFile
 from ..utils.palette import Color, resolve_palette
 from ..utils.typing_utils import PathLike
 
-__all__ = ["BandOrderError", "ExportContext", "MaskSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
+__all__ = ["BandOrderError", "ExportContext", "MaskSink", "OutputSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
            "resolve_class_indices"]
 
 
@@ -115,18 +115,15 @@ class ExportContext:
         }
 
 
-class MaskSink(abc.ABC):
-    """One output format fed band by band (see the module docstring for the life cycle).
+class OutputSink(abc.ABC):
+    """The life cycle every streamed output shares, whatever it is fed (masks or cells).
 
-    Life cycle: ``open(ctx)`` once, ``write_band`` for consecutive bands covering rows
-    ``0 .. height`` exactly, then ``finish()`` (all writing; returns the complete temporaries) and
+    ``open(ctx)`` once; the subclass's ``write_*`` calls, whose bands cover rows ``0 .. height``
+    exactly, top to bottom; then ``finish()`` (all writing; returns the complete temporaries) and
     ``commit()`` (renames them into place), or ``close()`` for both. ``abort()`` may be called at any
-    time before the commit, any number of times, and leaves no file behind. A sink whose ``open``
-    or ``finish`` fails aborts itself.
+    time before the commit, any number of times, and leaves no file behind. A sink whose ``open`` or
+    ``finish`` fails aborts itself. Operating-system errors while writing name the output.
     """
-
-    #: whether ``write_band`` must receive ``probs`` (per-class probabilities)
-    requires_probs: bool = False
 
     def __init__(self) -> None:
         self._ctx: Optional[ExportContext] = None
@@ -146,8 +143,7 @@ class MaskSink(abc.ABC):
         return type(self).__name__
 
     def open(self, ctx: ExportContext) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"{self.describe()}: open() called on a sink that is {self._state}")
+        self._require("new", "open()")
         if not isinstance(ctx, ExportContext):
             raise TypeError(f"{self.describe()}: open() needs an ExportContext, got {type(ctx).__name__}")
         self._ctx = ctx
@@ -159,35 +155,17 @@ class MaskSink(abc.ABC):
             self.abort()
             raise
 
-    def write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray] = None,
-                   image: Optional[np.ndarray] = None) -> None:
-        """Consume rows ``y0 .. y0 + labels.shape[0]`` of the ROI.
-
-        Args:
-            y0: first row of the band; must equal the end of the previous band.
-            labels: ``uint8`` (h, W) class indices (or ``ignore_index``).
-            probs: optional ``uint8`` (C, h, W) class probabilities, 0..255 meaning 0..1.
-            image: optional ``uint8`` (h, W, 3) RGB pixels of the band (for previews).
-        """
-        if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: write_band() called on a sink that is {self._state}")
-        self._check_band(y0, labels, probs, image)
-        with self._naming_write_errors():
-            self._write_band(int(y0), labels, probs, image)
-        self._next_row = int(y0) + labels.shape[0]
-
     def finish(self) -> List[PendingFile]:
         """Complete every output under its temporary name (all the writing; may fail); rename nothing.
 
         The returned files are published by :meth:`commit`, or together with other sinks' files by
         :func:`uniseg.utils.atomic.publish_together`.
         """
-        if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: finish() called on a sink that is {self._state}")
+        self._require("open", "finish()")
         try:
             if self._next_row != self.ctx.height:
                 raise BandOrderError(
-                    f"{self.describe()}: closed after {self._next_row} of {self.ctx.height} rows; "
+                    f"{self.describe()}: finished after {self._next_row} of {self.ctx.height} rows; "
                     "the output would be incomplete")
             with self._naming_write_errors():
                 self._pending = list(self._finish())
@@ -199,8 +177,7 @@ class MaskSink(abc.ABC):
 
     def commit(self) -> List[Path]:
         """Rename the finished outputs into place; returns their final paths."""
-        if self._state != "finished":
-            raise RuntimeError(f"{self.describe()}: commit() called on a sink that is {self._state}")
+        self._require("finished", "commit()")
         try:
             with self._naming_write_errors():
                 paths = [pending.path if pending.done else pending.commit() for pending in self._pending]
@@ -212,8 +189,7 @@ class MaskSink(abc.ABC):
 
     def close(self) -> List[Path]:
         """:meth:`finish` and :meth:`commit`: for a sink whose outputs are published on their own."""
-        if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: close() called on a sink that is {self._state}")
+        self._require("open", "close()")
         self.finish()
         return self.commit()
 
@@ -234,17 +210,30 @@ class MaskSink(abc.ABC):
         """Check options against ``ctx`` and create temporaries."""
 
     @abc.abstractmethod
-    def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
-                    image: Optional[np.ndarray]) -> None:
-        """Consume one validated band."""
-
-    @abc.abstractmethod
     def _finish(self) -> List[PendingFile]:
         """Complete the outputs (all rows have arrived) under temporary names; do not commit them."""
 
     @abc.abstractmethod
     def _abort(self) -> None:
         """Discard temporaries; must not raise for partially opened state."""
+
+    def _require(self, state: str, call: str) -> None:
+        if self._state != state:
+            raise RuntimeError(f"{self.describe()}: {call} called on a sink that is {self._state}")
+
+    def _check_band_rows(self, y0, h: int, w: int) -> None:
+        """A band continues where the previous one ended, fits the ROI and spans its full width."""
+        ctx, where = self.ctx, self.describe()
+        if isinstance(y0, bool) or not isinstance(y0, (int, np.integer)):
+            raise TypeError(f"{where}: band y0 must be an int, got {y0!r}")
+        if y0 != self._next_row:
+            raise BandOrderError(
+                f"{where}: bands must arrive top to bottom without gaps or overlaps; expected a band "
+                f"starting at row {self._next_row}, got y0={y0}")
+        if h < 1 or y0 + h > ctx.height:
+            raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} do not fit the ROI height {ctx.height}")
+        if w != ctx.width:
+            raise ValueError(f"{where}: band width {w} != ROI width {ctx.width} (bands must be full width)")
 
     @contextlib.contextmanager
     def _naming_write_errors(self) -> Iterator[None]:
@@ -257,24 +246,43 @@ class MaskSink(abc.ABC):
             reason = exc.strerror or str(exc)
             raise OutputWriteError(f"{self.describe()}: cannot write this output ({reason})") from exc
 
+
+class MaskSink(OutputSink):
+    """One output format fed band by band with class labels (life cycle: :class:`OutputSink`)."""
+
+    #: whether ``write_band`` must receive ``probs`` (per-class probabilities)
+    requires_probs: bool = False
+
+    def write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray] = None,
+                   image: Optional[np.ndarray] = None) -> None:
+        """Consume rows ``y0 .. y0 + labels.shape[0]`` of the ROI.
+
+        Args:
+            y0: first row of the band; must equal the end of the previous band.
+            labels: ``uint8`` (h, W) class indices (or ``ignore_index``).
+            probs: optional ``uint8`` (C, h, W) class probabilities, 0..255 meaning 0..1.
+            image: optional ``uint8`` (h, W, 3) RGB pixels of the band (for previews).
+        """
+        self._require("open", "write_band()")
+        self._check_band(y0, labels, probs, image)
+        with self._naming_write_errors():
+            self._write_band(int(y0), labels, probs, image)
+        self._next_row = int(y0) + labels.shape[0]
+
+    @abc.abstractmethod
+    def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
+                    image: Optional[np.ndarray]) -> None:
+        """Consume one validated band."""
+
     # ------------------------------------------------------------------ validation
     def _check_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
                     image: Optional[np.ndarray]) -> None:
         ctx, where = self.ctx, self.describe()
-        if isinstance(y0, bool) or not isinstance(y0, (int, np.integer)):
-            raise TypeError(f"{where}: band y0 must be an int, got {y0!r}")
         if not isinstance(labels, np.ndarray) or labels.ndim != 2:
             raise ValueError(f"{where}: labels must be a 2-D (h, W) array, got "
                              f"{getattr(labels, 'shape', type(labels).__name__)}")
         h, w = labels.shape
-        if y0 != self._next_row:
-            raise BandOrderError(
-                f"{where}: bands must arrive top to bottom without gaps or overlaps; expected a band "
-                f"starting at row {self._next_row}, got y0={y0}")
-        if h < 1 or y0 + h > ctx.height:
-            raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} do not fit the ROI height {ctx.height}")
-        if w != ctx.width:
-            raise ValueError(f"{where}: band width {w} != ROI width {ctx.width} (bands must be full width)")
+        self._check_band_rows(y0, h, w)
         if labels.dtype != np.uint8:
             raise ValueError(f"{where}: labels must be uint8, got {labels.dtype}")
         present = labels_present(labels)

@@ -19,14 +19,12 @@ Geometry and classes come from the same :class:`~uniseg.export.base.ExportContex
 """
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..base import BandOrderError, ExportContext, MaskSink, PendingFile
+from ..base import ExportContext, OutputSink
 
 __all__ = ["CellBatch", "CellSink", "slide_centroids", "slide_boxes"]
 
@@ -94,49 +92,18 @@ def slide_boxes(cells: CellBatch, ctx: ExportContext) -> np.ndarray:
     return np.stack([ox + scale * x0, oy + scale * y0, ox + scale * x1, oy + scale * y1], axis=1)
 
 
-class CellSink(abc.ABC):
-    """One cell output fed by the stitcher (life cycle in the module docstring).
+class CellSink(OutputSink):
+    """One cell output fed by the stitcher (life cycle: :class:`~uniseg.export.base.OutputSink`).
 
-    The template checks what every format relies on (state, band order and shape, class indices,
-    ids that never repeat across batches) so formats implement only ``_open`` / ``_write_cells`` /
-    ``_write_band`` / ``_finish`` / ``_abort``. ``write_band`` receives a view into
-    the stitcher's buffer: a sink must copy what it keeps.
+    The template checks what every format relies on (band order and shape, class indices, ids that
+    never repeat across batches) so formats implement only ``_open`` / ``_write_cells`` /
+    ``_write_band`` / ``_finish`` / ``_abort``. ``write_band`` receives a view into the stitcher's
+    buffer: a sink must copy what it keeps.
     """
 
     def __init__(self) -> None:
-        self._ctx: Optional[ExportContext] = None
-        self._next_row = 0
+        super().__init__()
         self._last_id = 0
-        self._state = "new"
-        self._pending: List[PendingFile] = []
-
-    # ------------------------------------------------------------------ public API
-    @property
-    def ctx(self) -> ExportContext:
-        if self._ctx is None:
-            raise RuntimeError(f"{self.describe()}: sink is not open")
-        return self._ctx
-
-    def describe(self) -> str:
-        """Short name used in error messages (the output path for file sinks)."""
-        return type(self).__name__
-
-    # operating-system errors while writing (full disk, read-only folder) name the output, as for mask sinks
-    _naming_write_errors = MaskSink._naming_write_errors
-
-    def open(self, ctx: ExportContext) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"{self.describe()}: open() called on a sink that is {self._state}")
-        if not isinstance(ctx, ExportContext):
-            raise TypeError(f"{self.describe()}: open() needs an ExportContext, got {type(ctx).__name__}")
-        self._ctx = ctx
-        self._state = "open"
-        try:
-            with self._naming_write_errors():
-                self._open(ctx)
-        except BaseException:
-            self.abort()
-            raise
 
     def write_cells(self, cells: CellBatch) -> None:
         """Consume finished cells; their ids must exceed every id written before (the stitcher counts up)."""
@@ -162,87 +129,17 @@ class CellSink(abc.ABC):
     def write_band(self, y0: int, ids: np.ndarray) -> None:
         """Consume rows ``y0 .. y0 + ids.shape[0]`` of the ``uint32`` id image (full width, in order)."""
         self._require("open", "write_band()")
-        where, ctx = self.describe(), self.ctx
         if not isinstance(ids, np.ndarray) or ids.ndim != 2 or ids.dtype != np.uint32:
-            raise ValueError(f"{where}: an id band must be a 2-D uint32 array, got "
+            raise ValueError(f"{self.describe()}: an id band must be a 2-D uint32 array, got "
                              f"{getattr(ids, 'dtype', type(ids).__name__)} {getattr(ids, 'shape', '')}")
-        if int(y0) != self._next_row:
-            raise BandOrderError(f"{where}: bands must arrive top to bottom without gaps or overlaps; expected "
-                                 f"a band starting at row {self._next_row}, got y0={y0}")
-        h, w = ids.shape
-        if h < 1 or y0 + h > ctx.height or w != ctx.width:
-            raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} x {w} do not fit the "
-                                 f"{ctx.width} x {ctx.height} ROI")
+        self._check_band_rows(y0, *ids.shape)
         with self._naming_write_errors():
             self._write_band(int(y0), ids)
-        self._next_row = int(y0) + h
-
-    def finish(self) -> List[PendingFile]:
-        """Complete every output under its temporary name (all rows must have arrived); rename nothing.
-
-        The returned files are published by :meth:`commit`, or together with other outputs by
-        :func:`uniseg.utils.atomic.publish_together`.
-        """
-        self._require("open", "finish()")
-        try:
-            if self._next_row != self.ctx.height:
-                raise BandOrderError(f"{self.describe()}: finished after {self._next_row} of {self.ctx.height} "
-                                     "rows; the output would be incomplete")
-            with self._naming_write_errors():
-                self._pending = list(self._finish())
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "finished"
-        return list(self._pending)
-
-    def commit(self) -> List[Path]:
-        """Move the finished outputs to their final names; returns those paths."""
-        self._require("finished", "commit()")
-        try:
-            with self._naming_write_errors():
-                paths = [pending.path if pending.done else pending.commit() for pending in self._pending]
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "closed"
-        return paths
-
-    def close(self) -> List[Path]:
-        """``finish()`` then ``commit()``: for a sink whose outputs are published on their own."""
-        self.finish()
-        return self.commit()
-
-    def abort(self) -> None:
-        """Remove every temporary; safe to call repeatedly and in any state (committed files stay)."""
-        if self._state in ("closed", "aborted"):
-            return
-        had_files = self._state in ("open", "finished")
-        self._state = "aborted"
-        if had_files:
-            self._abort()
-            for pending in self._pending:
-                pending.discard()
-
-    def _require(self, state: str, call: str) -> None:
-        if self._state != state:
-            raise RuntimeError(f"{self.describe()}: {call} called on a sink that is {self._state}")
+        self._next_row = int(y0) + ids.shape[0]
 
     # ------------------------------------------------------------------ for subclasses
-    @abc.abstractmethod
-    def _open(self, ctx: ExportContext) -> None:
-        """Check options against ``ctx`` and create temporaries."""
-
     def _write_cells(self, cells: CellBatch) -> None:
         """Consume validated cells (object formats)."""
 
     def _write_band(self, y0: int, ids: np.ndarray) -> None:
         """Consume a validated id band (raster formats)."""
-
-    @abc.abstractmethod
-    def _finish(self) -> List[PendingFile]:
-        """Complete the outputs under their temporary names and return them; do not rename them."""
-
-    @abc.abstractmethod
-    def _abort(self) -> None:
-        """Discard temporaries; must not raise for partially opened state."""
