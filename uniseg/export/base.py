@@ -139,8 +139,9 @@ class OutputSink(abc.ABC):
         return self._ctx
 
     def describe(self) -> str:
-        """Short name used in error messages (the output path for file sinks)."""
-        return type(self).__name__
+        """Short name used in error messages: the output path of file sinks (their ``path``), else the class."""
+        path = getattr(self, "path", None)
+        return str(path) if path is not None else type(self).__name__
 
     def open(self, ctx: ExportContext) -> None:
         self._require("new", "open()")

@@ -308,9 +308,6 @@ class GeoJsonSink(MaskSink):
         self._properties: Dict[int, str] = {}
         self._count = 0
 
-    def describe(self) -> str:
-        return str(self.path)
-
     @property
     def num_features(self) -> int:
         """Features written so far (all of them after ``close``)."""

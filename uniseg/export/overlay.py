@@ -79,9 +79,6 @@ class OverlayPreviewSink(MaskSink):
         self.max_size, self.alpha, self.legend = int(max_size), float(alpha), bool(legend)
         self.background_index, self.jpeg_quality = background_index, int(jpeg_quality)
 
-    def describe(self) -> str:
-        return str(self.path)
-
     # ------------------------------------------------------------------ life cycle
     def _open(self, ctx: ExportContext) -> None:
         if self.background_index is not None and not 0 <= self.background_index < ctx.num_classes:

@@ -59,9 +59,6 @@ class IndexedPngSink(MaskSink):
         self._fh: Optional[BinaryIO] = None
         self._deflate = None
 
-    def describe(self) -> str:
-        return str(self.path)
-
     def _open(self, ctx: ExportContext) -> None:
         pixels = ctx.width * ctx.height
         if pixels > self.max_pixels or max(ctx.width, ctx.height) > _MAX_DIM:

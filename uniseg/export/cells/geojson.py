@@ -107,9 +107,6 @@ class CellGeoJsonSink(CellSink):
         self._fh: Optional[BinaryIO] = None
         self._count = 0
 
-    def describe(self) -> str:
-        return str(self.path)
-
     @property
     def num_features(self) -> int:
         return self._count

@@ -52,9 +52,6 @@ class CellTableSink(CellSink):
         self._writer = None
         self._count = 0
 
-    def describe(self) -> str:
-        return str(self.path)
-
     @property
     def num_rows(self) -> int:
         return self._count

@@ -15,21 +15,18 @@ origin/scale, mpp) and resolution tags when the pixel size is known.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
-from ..base import ExportContext, PathLike, PendingFile
-from ..pyramid import StreamingPyramidTiff, normalize_compression, reduce_labels_2x
-from ..tiff import TIFF_SUFFIXES
+from ..base import ExportContext, PathLike
+from ..tiff import PyramidTiffOutput
 from .base import CellSink
 
 __all__ = ["CellLabelTiffSink"]
 
 
-class CellLabelTiffSink(CellSink):
+class CellLabelTiffSink(PyramidTiffOutput, CellSink):
     """Write the cell-id image as a tiled, pyramidal ``uint32`` TIFF.
 
     Args:
@@ -45,32 +42,11 @@ class CellLabelTiffSink(CellSink):
                  compression: Optional[str] = "zlib", bigtiff: Optional[bool] = None,
                  maxworkers: Optional[int] = 1):
         super().__init__()
-        self.path = Path(path)
-        if self.path.suffix.lower() not in TIFF_SUFFIXES:
-            raise ValueError(f"{self.path}: CellLabelTiffSink writes {TIFF_SUFFIXES} files")
-        self.tile, self.levels, self.bigtiff, self.maxworkers = tile, levels, bigtiff, maxworkers
-        self.compression = normalize_compression(compression, str(self.path))
-        self._writer: Optional[StreamingPyramidTiff] = None
-
-    def describe(self) -> str:
-        return str(self.path)
+        self._init_tiff(path, tile, levels, compression, bigtiff, maxworkers)
 
     def _open(self, ctx: ExportContext) -> None:
         meta = {key: value for key, value in ctx.metadata().items() if key != "ignore_index"}  # ids, not labels
-        description = json.dumps({"uniseg": "cell_ids", **meta}, ensure_ascii=True)
-        self._writer = StreamingPyramidTiff(
-            self.path, ctx.height, ctx.width, reduce=reduce_labels_2x, dtype=np.uint32, tile=self.tile,
-            levels=self.levels, compression=self.compression, description=description, mpp=ctx.mpp,
-            bigtiff=self.bigtiff, maxworkers=self.maxworkers)
-        self._writer.start()
+        self._start_writer(ctx, {"uniseg": "cell_ids", **meta}, dtype=np.uint32)
 
     def _write_band(self, y0: int, ids: np.ndarray) -> None:
         self._writer.write_rows(ids)
-
-    def _finish(self) -> List[PendingFile]:
-        self._writer.finish()
-        return [self._writer.pending]
-
-    def _abort(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
