@@ -232,3 +232,13 @@ def test_hub_id_resolves_from_local_cache_offline(tmp_path, monkeypatch):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(reference(x), model(x))
+
+
+def test_public_names_stay_importable_from_the_package():
+    import uniseg.models.backbones as backbones
+    from uniseg.models.backbones import spec
+
+    for name in ("ENCODERS", "EncoderSpec", "get_encoder_spec", "list_encoders", "create_encoder",
+                 "patch_token_grid", "CheckpointError", "load_encoder_weights", "ViTAdapter"):
+        assert name in backbones.__all__ and hasattr(backbones, name), name
+    assert backbones.ENCODERS is spec.ENCODERS and backbones.EncoderSpec is spec.EncoderSpec

@@ -7,17 +7,19 @@ import pytest
 
 from uniseg.export.base import (BandOrderError, ExportContext, MaskSink, PendingFile, labels_present,
                                resolve_class_indices)
+from uniseg.utils.atomic import OutputWriteError
 from uniseg.utils.palette import default_palette
 
 
 class RecordingSink(MaskSink):
-    """Minimal sink that records what the template passes through."""
+    """Minimal sink that records what the template passes through (into ``folder/recorded.txt`` if given)."""
 
-    def __init__(self, fail_on_close: bool = False):
+    def __init__(self, fail_on_close: bool = False, folder: Path = None):
         super().__init__()
         self.bands: List[tuple] = []
         self.aborted = 0
         self.fail_on_close = fail_on_close
+        self.folder = folder
 
     def _open(self, ctx):
         self.opened_with = ctx
@@ -25,10 +27,14 @@ class RecordingSink(MaskSink):
     def _write_band(self, y0, labels, probs, image):
         self.bands.append((y0, labels.shape[0], probs is not None, image is not None))
 
-    def _close(self):
+    def _finish(self):
         if self.fail_on_close:
             raise OSError("disk full")
-        return [Path("recorded")]
+        if self.folder is None:
+            return []
+        pending = PendingFile(self.folder / "recorded.txt")
+        pending.tmp.write_text(repr(self.bands))
+        return [pending]
 
     def _abort(self):
         self.aborted += 1
@@ -66,8 +72,8 @@ def test_context_rejects_bad_values(kwargs, message):
         ExportContext(**args)
 
 
-def test_bands_must_be_contiguous_and_in_order():
-    sink = RecordingSink()
+def test_bands_must_be_contiguous_and_in_order(tmp_path):
+    sink = RecordingSink(folder=tmp_path)
     sink.open(_ctx())
     sink.write_band(0, _labels(4))
     with pytest.raises(BandOrderError, match="expected a band starting at row 4"):
@@ -77,8 +83,42 @@ def test_bands_must_be_contiguous_and_in_order():
     with pytest.raises(BandOrderError, match="do not fit"):
         sink.write_band(4, _labels(7))  # runs past the ROI
     sink.write_band(4, _labels(6))
-    assert sink.close() == [Path("recorded")]
+    assert sink.close() == [tmp_path / "recorded.txt"]
     assert sink.bands == [(0, 4, False, False), (4, 6, False, False)]
+    assert [p.name for p in tmp_path.iterdir()] == ["recorded.txt"]
+
+
+def test_finish_writes_everything_and_commit_only_renames(tmp_path):
+    sink = RecordingSink(folder=tmp_path)
+    sink.open(_ctx(height=2))
+    sink.write_band(0, _labels(2))
+    pending = sink.finish()
+    assert [p.path for p in pending] == [tmp_path / "recorded.txt"]
+    assert pending[0].tmp.read_text() == "[(0, 2, False, False)]"  # complete, under its temporary name
+    assert not (tmp_path / "recorded.txt").exists()
+    with pytest.raises(RuntimeError, match="finished"):
+        sink.write_band(2, _labels(1))
+    assert sink.commit() == [tmp_path / "recorded.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["recorded.txt"]
+    sink.abort()  # after the commit: nothing to undo
+    assert (tmp_path / "recorded.txt").exists()
+
+
+def test_abort_after_finish_removes_the_finished_temporaries(tmp_path):
+    sink = RecordingSink(folder=tmp_path)
+    sink.open(_ctx(height=2))
+    sink.write_band(0, _labels(2))
+    sink.finish()
+    sink.abort()
+    assert list(tmp_path.iterdir()) == [] and sink.aborted == 1
+
+
+def test_os_errors_while_writing_name_the_output():
+    sink = RecordingSink(fail_on_close=True)
+    sink.open(_ctx(height=1))
+    sink.write_band(0, _labels(1))
+    with pytest.raises(OutputWriteError, match=r"RecordingSink: cannot write this output \(disk full\)"):
+        sink.close()
 
 
 @pytest.mark.parametrize("labels, probs, image, message", [
@@ -97,11 +137,11 @@ def test_band_content_is_validated(labels, probs, image, message):
     assert sink.bands == []
 
 
-def test_ignore_index_is_a_valid_label():
-    sink = RecordingSink()
+def test_ignore_index_is_a_valid_label(tmp_path):
+    sink = RecordingSink(folder=tmp_path)
     sink.open(_ctx(height=2))
     sink.write_band(0, np.full((2, 8), 255, np.uint8))
-    assert sink.close()
+    assert sink.close() == [tmp_path / "recorded.txt"]
 
 
 def test_close_before_last_row_fails_and_aborts():

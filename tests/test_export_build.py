@@ -31,7 +31,7 @@ def test_options_are_routed_per_format(tmp_path):
 
 
 @pytest.mark.parametrize("formats, options, message", [
-    (["tiff", "shapefile"], {}, r"unknown output format\(s\) \['shapefile'\]; choose from"),
+    (["tiff", "shapefile"], {}, r"unknown output format\(s\) \['shapefile'\] in --formats \(formats\); choose from"),
     ([], {}, "no output formats"),
     (["png", "png"], {}, "more than once"),
     (["png"], {"tiff": {"tile": 256}}, "not requested"),

@@ -7,6 +7,7 @@ import tifffile
 
 from uniseg.export.pyramid import (StreamingPyramidTiff, normalize_compression, pyramid_shapes,
                                    reduce_labels_2x, reduce_mean_2x)
+from uniseg.utils.atomic import OutputWriteError
 
 
 def _reference_mode(rows: np.ndarray) -> np.ndarray:
@@ -104,14 +105,18 @@ def test_abort_midway_removes_everything(tmp_path):
     assert writer._thread is not None and not writer._thread.is_alive()
 
 
-def test_writer_thread_error_reaches_the_producer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, reported", [
+    (OSError(27, "File too large"), OutputWriteError),  # the disk: an output error naming the file
+    (ValueError("simulated write failure"), RuntimeError),  # anything else: a failure of the writer
+])
+def test_writer_thread_error_reaches_the_producer(tmp_path, monkeypatch, error, reported):
     def broken_write(self, *args, **kwargs):
-        raise OSError("simulated write failure")
+        raise error
 
     monkeypatch.setattr(tifffile.TiffWriter, "write", broken_write)
     writer = StreamingPyramidTiff(tmp_path / "p.tif", 64, 32, reduce=reduce_labels_2x, tile=16)
     writer.start()
-    with pytest.raises(RuntimeError, match=r"p\.tif.*simulated write failure"):
+    with pytest.raises(reported, match=rf"p\.tif.*{error.args[-1]}"):
         for _ in range(4):  # the failure surfaces at the latest when a strip is handed over
             writer.write_rows(np.zeros((16, 32), np.uint8))
         writer.finish()

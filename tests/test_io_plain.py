@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from uniseg.io.plain import PlainImageReader
-from uniseg.utils.imageio import ImageReadError
+from uniseg.utils.imageio import ImageReadError, read_rgb
 
 
 @pytest.fixture
@@ -63,3 +63,41 @@ def test_unreadable_file_names_it(tmp_path: Path) -> None:
         PlainImageReader(path)
     with pytest.raises(ImageReadError, match="gone.png: no such file"):
         PlainImageReader(tmp_path / "gone.png")
+
+
+def _rgba(tmp_path: Path) -> tuple:
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    rgba[:5, :, 3] = 0
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path, rgba
+
+
+@pytest.mark.parametrize("above_bomb_limit", [False, True], ids=["pillow", "opencv"])
+def test_16bit_png_is_refused_on_both_decoding_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     above_bomb_limit: bool) -> None:
+    import cv2
+
+    ramp = (np.arange(40 * 50, dtype=np.uint32).reshape(40, 50) * 30).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    cv2.imwrite(str(tmp_path / "rgb16.png"), np.dstack([ramp, ramp, ramp]))
+    if above_bomb_limit:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40 x 50 > 2 x 500: Pillow refuses to open it
+    for name in ("grey16.png", "rgb16.png"):
+        with pytest.raises(ImageReadError, match=f"{name}: 16-bit samples"):
+            PlainImageReader(tmp_path / name)
+
+
+@pytest.mark.parametrize("above_bomb_limit", [False, True], ids=["pillow", "opencv"])
+def test_alpha_is_composited_on_white_on_both_decoding_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             above_bomb_limit: bool) -> None:
+    path, rgba = _rgba(tmp_path)
+    expected = read_rgb(path)  # Pillow's path, the reference for OpenCV's
+    assert (expected[:5] == 255).all() and not (expected[5:] == rgba[5:, :, :3]).all()
+    if above_bomb_limit:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+        with pytest.raises(Image.DecompressionBombError):
+            read_rgb(path)
+    with PlainImageReader(path) as reader:
+        np.testing.assert_array_equal(reader.read_region(0, 0, 50, 40), expected)

@@ -1,4 +1,4 @@
-"""Tests for uniseg.io.slide: backend choice in open_slide, argument checks and white padding."""
+"""Tests for uniseg.io.factory and uniseg.io.slide: backend choice in open_slide, argument checks, white padding."""
 from __future__ import annotations
 
 import sys
@@ -10,8 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from uniseg.io import slide as slide_module
-from uniseg.io import open_slide
+from uniseg.io import open_slide, openslide_available
 from uniseg.io.plain import PlainImageReader
 from uniseg.io.tiff import TiffSlideReader
 from uniseg.utils.imageio import ImageReadError
@@ -38,7 +37,7 @@ def image(tmp_path: Path) -> np.ndarray:
 
 
 def test_svs_opens_with_tifffile_without_openslide(svs_path: Path, no_openslide: None) -> None:
-    assert not slide_module.openslide_available()
+    assert not openslide_available()
     with open_slide(svs_path) as reader:
         assert isinstance(reader, TiffSlideReader)
         assert reader.dimensions == (2220, 2967)

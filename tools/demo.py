@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     print(f"  test overlays    {work / 'test'}/vis_data/vis_image/ (image + ground truth | prediction)")
     print(f"  test masks       {pred_dir}/")
     print(f"  exported outputs {infer_dir}/ (PNG, pyramidal TIFF, GeoJSON for QuPath, overlay)")
-    print(f"Masks in data/ihc are derived by colour deconvolution, not expert labels (see data/README.md).")
+    print("Masks in data/ihc are derived by colour deconvolution, not expert labels (see data/README.md).")
     print(f"Demo finished in {(time.time() - start) / 60:.1f} min.")
     (work / "demo_results.md").write_text(table + "\n")
     return 0 if model_m["mDice"] > base_m["mDice"] else 1

@@ -81,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from uniseg.engine.hooks import flush_denormal
+
+    with flush_denormal():  # process state: set by the tool for its own work, and restored after it
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.out_file.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"{args.out_file}: output must end with {' or '.join(OUTPUT_SUFFIXES)}")

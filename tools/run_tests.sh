@@ -9,7 +9,7 @@ PY="${UNISEG_VENV:-$ROOT/.venv}/bin/python"
 "$PY" tools/check_env.py
 # pytest exits 5 when it collects nothing: a suite that silently vanished is a failure, not a pass.
 set +e
-"$PY" -m pytest -p no:cacheprovider "$@"
+"$PY" -m pytest -p no:cacheprovider -m "slow or not slow" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

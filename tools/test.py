@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from uniseg.engine.launch import add_launch_args, build_runner_config, init_distributed  # noqa: E402
+from uniseg.engine.launch import add_launch_args, build_runner, build_runner_config, init_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,11 +32,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not Path(args.checkpoint).is_file():
         sys.exit(f"error: {args.checkpoint}: checkpoint not found")
-    from mmengine.runner import Runner
+    from uniseg.engine.checkpoint import CheckpointError
 
     cfg = build_runner_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                               launcher=args.launcher)
     cfg.load_from = args.checkpoint
+    cfg.setdefault("runner_type", "UnisegRunner")  # verified, strict loading even for configs from elsewhere
+    cfg.load_from_strict = True  # metrics of a model the checkpoint does not fit are never printed
     if args.show_dir:
         cfg.default_hooks.visualization.update(type="SegVisualizationHook", draw=True, interval=1)
         cfg.visualizer.save_dir = args.show_dir  # LocalVisBackend writes <show_dir>/vis_data/vis_image/*.png
@@ -48,8 +50,11 @@ def main(argv=None) -> None:
         cfg.setdefault("test_cfg", dict(type="TestLoop"))
         cfg.test_cfg["fp16"] = True
     init_distributed(args.launcher)
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    runner = build_runner(cfg)
+    try:
+        metrics = runner.test()
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
     print_summary(metrics)
 
 

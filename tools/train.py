@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from uniseg.engine.launch import add_launch_args, build_runner_config, init_distributed  # noqa: E402
+from uniseg.engine.launch import add_launch_args, build_runner, build_runner_config, init_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,15 +32,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmengine.runner import FlexibleRunner, Runner
+    from uniseg.engine.checkpoint import CheckpointError
 
     cfg = build_runner_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                               launcher=args.launcher, amp=args.amp, resume=args.resume,
                               strategy=args.strategy, auto_scale_lr=args.auto_scale_lr)
     init_distributed(args.launcher)
-    runner_cls = FlexibleRunner if cfg.get("runner_type") == "FlexibleRunner" else Runner
-    runner = runner_cls.from_cfg(cfg)
-    runner.train()
+    runner = build_runner(cfg)
+    try:
+        runner.train()
+    except CheckpointError as exc:  # unusable checkpoint to resume from, or a save that failed (disk full)
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

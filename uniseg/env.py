@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "TESTED_MATRIX", "PACKAGES", "Problem", "EnvReport", "collect", "format_report", "main",
     "probe_package", "probe_torch", "probe_mmcv_ops", "probe_deform_attn", "check_deform_attn_kernel",
-    "probe_build_marker", "default_marker_path", "expected_build_tag",
+    "probe_build_marker", "default_marker_path", "expected_build_tag", "probe_setup_plan", "DEFORM_ATTN_PATHS",
 ]
 
 # The tested stack, keyed by distribution name. Must agree with tools/setup_env.sh (torch, torchvision,
@@ -51,6 +51,17 @@ TESTED_MATRIX: Dict[str, str] = {
 SETUP_CMD = "bash tools/setup_env.sh"
 MARKER_NAME = ".uniseg-mmcv-build"
 STAMP_NAME = ".uniseg-env-stamp"
+# Written by tools/setup_env.sh next to the marker: its CUDA decision (tools/cuda_build_plan.py --json), and the
+# decision's key plus the compiler log when the CUDA build of mmcv failed and the CPU ops were built instead.
+PLAN_NAME = ".uniseg-cuda-plan.json"
+CUDA_FAILED_NAME = ".uniseg-mmcv-cuda-failed"
+# Where uniseg's deformable attention runs (uniseg.models.layers.deform_attn.use_compiled_kernel decides).
+DEFORM_ATTN_PATHS = {
+    "cuda-kernel": "mmcv's compiled CUDA kernel",
+    "pytorch-gpu": "uniseg's PyTorch path on the GPU (mmcv has no CUDA ops; slower)",
+    "pytorch-cpu": "uniseg's PyTorch path on CPU (no GPU visible)",
+    "unavailable": "unavailable (mmcv.ops does not import)",
+}
 _NO_CUDA = ("not available", "", None)
 
 
@@ -101,6 +112,7 @@ class EnvReport:
     mmcv_ops: Dict[str, Any]
     deform_attn: Dict[str, Any]
     build_marker: Dict[str, Any]
+    setup_plan: Dict[str, Any]
     tested_matrix: Dict[str, str] = field(default_factory=lambda: dict(TESTED_MATRIX))
     problems: List[Problem] = field(default_factory=list)
 
@@ -231,12 +243,16 @@ def check_deform_attn_kernel(device: Any) -> Tuple[bool, Optional[float], Option
 
 
 def probe_deform_attn(ops: Dict[str, Any], torch_info: Dict[str, Any]) -> Dict[str, Any]:
-    """Is mmcv's multi-scale deformable attention kernel there, and does it compute the right thing on a GPU?
+    """Which path uniseg's deformable attention takes here (a key of ``DEFORM_ATTN_PATHS``), and whether
+    mmcv's kernel computes the right thing on a GPU.
 
     ``cuda_call_ok`` is None when the call was not attempted (no GPU visible, or mmcv has no CUDA ops).
     """
-    info: Dict[str, Any] = {"cuda_kernel": bool(ops.get("cuda_ops")), "cuda_call_ok": None, "max_abs_diff": None,
-                            "error": None}
+    on_gpu = bool(torch_info.get("cuda_available"))
+    path = ("unavailable" if not ops.get("compiled") else "pytorch-cpu" if not on_gpu
+            else "cuda-kernel" if ops.get("cuda_ops") else "pytorch-gpu")
+    info: Dict[str, Any] = {"path": path, "cuda_kernel": bool(ops.get("cuda_ops")), "cuda_call_ok": None,
+                            "max_abs_diff": None, "error": None}
     if ops.get("compiled") and info["cuda_kernel"] and torch_info.get("cuda_available"):
         info["cuda_call_ok"], info["max_abs_diff"], info["error"] = check_deform_attn_kernel("cuda")
     return info
@@ -266,9 +282,56 @@ def probe_build_marker(path: Path) -> Dict[str, Any]:
     return info
 
 
+def probe_setup_plan(marker_path: Path) -> Dict[str, Any]:
+    """The CUDA decision tools/setup_env.sh recorded next to the marker, and whether its CUDA build failed."""
+    path = marker_path.with_name(PLAN_NAME)
+    info: Dict[str, Any] = {"path": str(path), "present": path.is_file(), "action": None, "reason_code": None,
+                            "why": None, "fix": None, "key": None, "error": None,
+                            "cuda_build_failed": False, "cuda_build_log": None}
+    if info["present"]:
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            info.update({k: plan.get(k) for k in ("action", "reason_code", "why", "fix", "key")})
+        except (OSError, ValueError, AttributeError) as exc:
+            info["error"] = _error_text(exc)
+    failed = marker_path.with_name(CUDA_FAILED_NAME)
+    if failed.is_file():
+        lines = failed.read_text(encoding="utf-8", errors="replace").splitlines() + ["", ""]
+        # A record from an earlier decision (another toolkit, torch or GPU) says nothing about this build.
+        info["cuda_build_failed"] = not info["key"] or lines[0].strip() == info["key"]
+        info["cuda_build_log"] = lines[1].strip() or None
+    return info
+
+
 # ------------------------------------------------------------------------------------- diagnosis
+def _setup_command(venv: Path, settings: str = "") -> str:
+    """``bash tools/setup_env.sh`` with the settings that make it work on ``venv`` (not always the repo's)."""
+    if venv != Path(__file__).resolve().parents[1] / ".venv":
+        settings = f"UNISEG_VENV={venv} {settings}"
+    return f"{settings.strip()} {SETUP_CMD}".strip()
+
+
+def _why_no_cuda_ops(plan: Dict[str, Any], venv: Path) -> Tuple[str, str]:
+    """``(why, fix)`` for mmcv without CUDA ops on a GPU machine, from what the set-up recorded."""
+    force = _setup_command(venv, "UNISEG_CUDA=1")
+    if plan.get("cuda_build_failed"):
+        return (f"its CUDA build failed during set-up (log: {plan['cuda_build_log']})",
+                f"fix the compiler error at the end of that log, then `{force}` retries the CUDA build")
+    code = plan.get("reason_code")
+    if plan.get("action") == "cpu" and code == "no-gpu":
+        return ("the set-up saw no GPU (`nvidia-smi -L` listed none where it ran)",
+                f"run `{_setup_command(venv)}` where the GPU is visible, or `{force}`")
+    if plan.get("action") == "cpu" and code == "disabled":
+        return "the set-up ran with UNISEG_CUDA=0", f"`{_setup_command(venv, 'UNISEG_CUDA=auto')}`"
+    if plan.get("action") == "cpu" and plan.get("why"):
+        return (f"the set-up could not build them: {plan['why']}",
+                f"{plan.get('fix') or 'see the set-up output'}, then run `{_setup_command(venv)}`")
+    return ("mmcv was not built with CUDA ops by tools/setup_env.sh",
+            f"`{force}` builds them, or says why it cannot")
+
+
 def _diagnose(packages: Dict[str, Dict[str, Any]], torch_info: Dict[str, Any], ops: Dict[str, Any],
-              msda: Dict[str, Any], marker: Dict[str, Any]) -> List[Problem]:
+              msda: Dict[str, Any], marker: Dict[str, Any], plan: Optional[Dict[str, Any]] = None) -> List[Problem]:
     problems: List[Problem] = []
     err = lambda msg: problems.append(Problem("error", msg))  # noqa: E731
     warn = lambda msg: problems.append(Problem("warning", msg))  # noqa: E731
@@ -313,8 +376,9 @@ def _diagnose(packages: Dict[str, Dict[str, Any]], torch_info: Dict[str, Any], o
 
     if torch_info.get("cuda_available") and ops["compiled"]:
         if not ops["cuda_ops"]:
-            warn("a GPU is visible but mmcv has no CUDA ops: deformable attention will use the slow PyTorch "
-                 f"path; rebuild with `UNISEG_CUDA=1 {SETUP_CMD}`")
+            why, fix = _why_no_cuda_ops(plan or {}, stamp.parent)
+            warn(f"a GPU is visible but mmcv has no CUDA ops, so deformable attention runs uniseg's PyTorch path on "
+                 f"the GPU (slower): {why}; fix: {fix}")
         elif msda["cuda_call_ok"] is False:
             arch = ";".join(sorted(set(torch_info.get("capabilities") or []))) or "<compute capability>"
             tag = marker.get("tag") or expected_build_tag(torch_info["version"], cuda=True)
@@ -339,8 +403,7 @@ def _diagnose(packages: Dict[str, Dict[str, Any]], torch_info: Dict[str, Any], o
             differ.append(f"{pkg.tested_as} {have} (tested {TESTED_MATRIX[pkg.tested_as]})")
     if differ:
         # The script skips all work while its stamp matches, so the stamp goes first.
-        venv = stamp.parent
-        setup = SETUP_CMD if venv == Path(__file__).resolve().parents[1] / ".venv" else f"UNISEG_VENV={venv} {SETUP_CMD}"
+        setup = _setup_command(stamp.parent)
         warn(f"versions differ from the tested matrix: {', '.join(differ)}; `rm -f {stamp} && {setup}` "
              f"installs the tested versions")
     return problems
@@ -356,13 +419,15 @@ def collect(marker_path: Optional[Path] = None) -> EnvReport:
         ops = {"compiled": False, "extension_file_present": False, "extension": None, "compiler": None,
                "cuda_version": None, "cuda_ops": False, "error": packages["mmcv"]["error"]}
     msda = probe_deform_attn(ops, torch_info)
-    marker = probe_build_marker(marker_path if marker_path is not None else default_marker_path())
+    marker_path = marker_path if marker_path is not None else default_marker_path()
+    marker = probe_build_marker(marker_path)
+    plan = probe_setup_plan(marker_path)
     report = EnvReport(
         python={"version": platform.python_version(), "implementation": platform.python_implementation(),
                 "executable": sys.executable, "prefix": sys.prefix},
         platform=platform.platform(), packages=packages, torch=torch_info, mmcv_ops=ops, deform_attn=msda,
-        build_marker=marker)
-    report.problems = _diagnose(packages, torch_info, ops, msda, marker)
+        build_marker=marker, setup_plan=plan)
+    report.problems = _diagnose(packages, torch_info, ops, msda, marker, plan)
     return report
 
 
@@ -399,12 +464,27 @@ def format_report(report: EnvReport) -> str:
                 text += f" ({ops['compiler']}, CUDA {ops['cuda_version']})"
         rows.append((pkg.label, text))
     msda = report.deform_attn
-    call = {None: "not run (no GPU)", True: f"ok (max diff {msda['max_abs_diff']})",
-            False: f"FAILED ({msda['error']})"}[msda["cuda_call_ok"]]
-    rows.append(("deform. attention", f"CUDA kernel: {_yes(msda['cuda_kernel'])}; CUDA call: {call}"))
+    text = DEFORM_ATTN_PATHS[msda["path"]]
+    if msda["cuda_call_ok"] is not None:
+        text += (f"; checked against the PyTorch path: max diff {msda['max_abs_diff']}" if msda["cuda_call_ok"]
+                 else f"; FAILS on this GPU ({msda['error']})")
+    elif msda["path"] == "pytorch-cpu" and msda["cuda_kernel"]:
+        text += "; mmcv has CUDA ops for when a GPU is visible"
+    rows.append(("deform. attention", text))
     marker = report.build_marker
     rows.append(("mmcv build marker", marker["tag"] if marker["present"]
                  else f"absent ({marker['path']}: mmcv was not installed by tools/setup_env.sh)"))
+    plan = report.setup_plan
+    if plan["present"]:
+        decided = {"cuda": "CUDA ops", "cpu": "CPU ops"}.get(plan["action"], f"unreadable ({plan['error']})")
+        built = (marker.get("parsed") or {}).get("variant")
+        if plan["action"] == "cpu" and built == "cuda":
+            decided = f"CUDA ops kept from an earlier build (a new one is not possible now: {plan['why']})"
+        elif plan["cuda_build_failed"]:
+            decided += f"; the CUDA build failed, CPU ops were built instead (log: {plan['cuda_build_log']})"
+        elif plan["action"] == "cpu" and plan["why"]:
+            decided += f" ({plan['why']})"
+        rows.append(("set-up CUDA plan", decided))
 
     rows.append(("tested matrix", ", ".join(f"{k} {v}" for k, v in TESTED_MATRIX.items())))
 

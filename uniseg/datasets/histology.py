@@ -12,15 +12,22 @@ microns-per-pixel of the source come from the config when given there, else from
 ``mpp`` is attached to every sample so a later transform can resample tiles to the encoder's working
 resolution (UNI was trained at about 0.5 um/px; feeding it 0.25 um/px tiles halves its field of view).
 
-Problems that would otherwise surface as a cryptic worker crash mid-epoch -- a stem whose image or
-mask file is missing, an empty split file -- are reported when the dataset is built, naming the path.
+Problems that would otherwise surface as a cryptic worker crash mid-epoch, or not at all, are reported
+naming the file (checks in :mod:`uniseg.datasets.validation`):
+
+- when the dataset is built, from the file headers: a stem whose image or mask is missing, an empty
+  split file, an image deeper than 8 bits or in CMYK, a mask that is not a single-channel index image,
+  an image and mask of different sizes;
+- on the first read of each sample in each process (so DataLoader workers check the samples they
+  load, once): label values that are neither a class nor ``ignore_index`` after mmseg's
+  ``reduce_zero_label``/``label_map``, transparent pixels in an image.
 """
 from __future__ import annotations
 
 import json
 import os.path as osp
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import mmengine
 from mmseg.datasets import BaseSegDataset
@@ -28,9 +35,12 @@ from mmseg.registry import DATASETS
 
 from uniseg.utils.palette import resolve_palette
 
+from .validation import LabelRule, check_sample_headers, check_sample_pixels
+
 __all__ = ["HistologySegDataset", "read_meta_json"]
 
 META_FILE = "meta.json"
+_LISTED_ERRORS = 10  # unusable samples named in one load-time error
 
 
 def read_meta_json(root: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -118,6 +128,7 @@ class HistologySegDataset(BaseSegDataset):
         if mpp is not None and (not isinstance(mpp, (int, float)) or isinstance(mpp, bool) or mpp <= 0):
             raise ValueError(f"HistologySegDataset ({root}): mpp must be a positive number or None, got {mpp!r}")
         self.mpp: Optional[float] = None if mpp is None else float(mpp)
+        self._pixels_checked: Set[int] = set()  # indices whose labels this process has checked
         super().__init__(
             ann_file=ann_file,
             img_suffix=img_suffix,
@@ -129,9 +140,19 @@ class HistologySegDataset(BaseSegDataset):
             ignore_index=ignore_index,
             **kwargs,
         )
+        self.label_rule = LabelRule(classes=tuple(self.metainfo["classes"]), ignore_index=self.ignore_index,
+                                    reduce_zero_label=self.reduce_zero_label, label_map=self.label_map)
+
+    def prepare_data(self, idx: int) -> Any:
+        """Check the sample's label values (and opacity) on its first read in this process, then load it."""
+        if idx not in self._pixels_checked:
+            info = self.get_data_info(idx)
+            check_sample_pixels(info["img_path"], info.get("seg_map_path"), self.label_rule)
+            self._pixels_checked.add(idx)
+        return super().prepare_data(idx)
 
     def load_data_list(self) -> List[dict]:
-        """Read the split file and check that every listed image and mask exists."""
+        """Read the split file; check that every listed image and mask exists and that their headers fit."""
         if not self.ann_file:  # no split file: every image in the folder (mmseg's behaviour)
             data_list = super().load_data_list()
             if not data_list:
@@ -157,4 +178,22 @@ class HistologySegDataset(BaseSegDataset):
                     listed = f" (listed in {self.ann_file})" if self.ann_file else ""
                     raise FileNotFoundError(f"{info[key]}: file not found{listed}")
             info["mpp"] = self.mpp
+        self._check_headers(data_list)
         return data_list
+
+    def _check_headers(self, data_list: List[dict]) -> None:
+        """Refuse the dataset if any sample's headers are unusable, naming every such file (up to a few)."""
+        problems = []
+        for info in data_list:
+            try:
+                check_sample_headers(info["img_path"], info.get("seg_map_path"))
+            except (OSError, ValueError) as exc:
+                problems.append(exc)
+        if len(problems) == 1:
+            raise problems[0]
+        if not problems:
+            return
+        listed = "\n  ".join(str(exc) for exc in problems[:_LISTED_ERRORS])
+        more = f"\n  ... and {len(problems) - _LISTED_ERRORS} more" if len(problems) > _LISTED_ERRORS else ""
+        source = f" listed in {self.ann_file}" if self.ann_file else ""
+        raise ValueError(f"{len(problems)} of {len(data_list)} samples{source} cannot be used:\n  {listed}{more}")

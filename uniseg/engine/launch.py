@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 from mmengine.config import Config, DictAction
 
-__all__ = ["add_launch_args", "build_runner_config", "init_distributed", "parse_cfg_options", "resolve_amp_dtype"]
+__all__ = ["add_launch_args", "build_runner", "build_runner_config", "init_distributed", "parse_cfg_options",
+           "resolve_amp_dtype"]
 
 parse_cfg_options = DictAction
 
@@ -74,10 +75,10 @@ def build_runner_config(config: str, work_dir: Optional[str] = None, cfg_options
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
                                      find_unused_parameters=cfg.get("find_unused_parameters", False))
     if strategy == "fsdp":
-        # Sharded training runs under mmengine's FlexibleRunner with uniseg's FSDP2 strategy
-        # (torch's fully_shard: GPUs with NCCL, CPUs with gloo).
+        # Sharded training runs under mmengine's FlexibleRunner (uniseg's subclass, which loads checkpoints
+        # as UnisegRunner does) with uniseg's FSDP2 strategy (torch's fully_shard: GPUs with NCCL, CPUs with gloo).
         cfg.strategy = dict(type="FSDP2Strategy")
-        cfg.runner_type = "FlexibleRunner"
+        cfg.runner_type = "UnisegFlexibleRunner"
     elif strategy != "ddp":
         raise ValueError(f"unknown strategy {strategy!r}: use ddp or fsdp")
 
@@ -103,3 +104,13 @@ def init_distributed(launcher: str, backend: str = "gloo") -> None:
     if launcher != "pytorch":
         raise RuntimeError(f"--launcher {launcher} without GPUs is not supported; use torchrun (--launcher pytorch)")
     dist.init_process_group(backend=backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+def build_runner(cfg: Config):
+    """The runner the config asks for (``runner_type``, as mmengine's own tools build it), else mmengine's Runner."""
+    from mmengine.runner import Runner
+    from mmseg.registry import RUNNERS
+
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

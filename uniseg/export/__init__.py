@@ -9,7 +9,7 @@ QuPath/viewers), :class:`GeoJsonSink` (QuPath annotations), :class:`OverlayPrevi
 (thumbnail with legend), :class:`ProbabilityMapSink` (per-class probability TIFFs);
 :func:`build_sinks` creates them from format names.
 """
-from .base import BandOrderError, ExportContext, MaskSink
+from .base import BandOrderError, ExportContext, MaskSink, OutputSink
 from .build import SINK_FORMATS, build_sinks
 from .geojson import GeoJsonSink, mask_to_polygons
 from .overlay import OverlayPreviewSink
@@ -19,7 +19,7 @@ from .pyramid import StreamingPyramidTiff, reduce_labels_2x, reduce_mean_2x
 from .tiff import PyramidTiffMaskSink
 
 __all__ = [
-    "BandOrderError", "ExportContext", "MaskSink", "SINK_FORMATS", "build_sinks", "GeoJsonSink",
+    "BandOrderError", "ExportContext", "MaskSink", "OutputSink", "SINK_FORMATS", "build_sinks", "GeoJsonSink",
     "mask_to_polygons", "OverlayPreviewSink", "IndexedPngSink", "ProbabilityMapSink",
     "StreamingPyramidTiff", "reduce_labels_2x", "reduce_mean_2x", "PyramidTiffMaskSink",
 ]

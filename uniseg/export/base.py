@@ -9,29 +9,34 @@ what every sink shares:
 * :class:`MaskSink`: the template that validates the band stream (order, shapes, dtypes, label
   values) once for all formats and tracks the sink's state, so a format only implements
   ``_open`` / ``_write_band`` / ``_close`` / ``_abort``;
-* :class:`PendingFile`: "write under a temporary name, rename on success" for a file whose
-  writing spans several method calls, built on :func:`uniseg.utils.atomic.atomic_output`.
+* :class:`~uniseg.utils.atomic.PendingFile` (re-exported here): "write under a temporary name,
+  rename on success" for a file whose writing spans several method calls.
 
-Output files appear only when :meth:`MaskSink.close` succeeds; :meth:`MaskSink.abort` (to be
-called on any error or ``KeyboardInterrupt``) removes every temporary the sink made.
+Two phases end a sink: :meth:`MaskSink.finish` does all the remaining writing (everything that
+can fail: a full disk, a read-only folder) and leaves every output complete under a temporary
+name; :meth:`MaskSink.commit` only renames. A caller publishing several sinks' outputs as one set
+finishes all of them first and renames them together
+(:func:`uniseg.utils.atomic.publish_together`); :meth:`MaskSink.close` is both phases for a sink
+used on its own. Output files appear only when committed; :meth:`MaskSink.abort` (to be called on
+any error or ``KeyboardInterrupt``) removes every temporary the sink made. Operating-system
+errors while writing come out as :class:`~uniseg.utils.atomic.OutputWriteError` naming the output.
 """
 from __future__ import annotations
 
 import abc
-import os
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
-from ..utils.atomic import atomic_output
+from ..utils.atomic import OutputWriteError, PendingFile
 from ..utils.palette import Color, resolve_palette
+from ..utils.typing_utils import PathLike
 
-PathLike = Union[str, os.PathLike]
-
-__all__ = ["BandOrderError", "ExportContext", "MaskSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
+__all__ = ["BandOrderError", "ExportContext", "MaskSink", "OutputSink", "PendingFile", "PathLike", "labels_present", "palette_lut",
            "resolve_class_indices"]
 
 
@@ -110,56 +115,21 @@ class ExportContext:
         }
 
 
-class PendingFile:
-    """A file being written under a temporary sibling name until :meth:`commit`.
+class OutputSink(abc.ABC):
+    """The life cycle every streamed output shares, whatever it is fed (masks or cells).
 
-    ``atomic_output`` is a context manager, but a sink's writing spans ``open`` ...
-    ``close``/``abort`` calls, so this drives the context manager by hand: entering it yields the
-    temporary path, leaving it normally renames into place, leaving it with an exception removes
-    the temporary.
+    ``open(ctx)`` once; the subclass's ``write_*`` calls, whose bands cover rows ``0 .. height``
+    exactly, top to bottom; then ``finish()`` (all writing; returns the complete temporaries) and
+    ``commit()`` (renames them into place), or ``close()`` for both. ``abort()`` may be called at any
+    time before the commit, any number of times, and leaves no file behind. A sink whose ``open`` or
+    ``finish`` fails aborts itself. Operating-system errors while writing name the output.
     """
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-        self._cm = atomic_output(self.path)
-        self.tmp: Path = self._cm.__enter__()
-        self._done = False
-
-    def commit(self) -> Path:
-        if self._done:
-            raise RuntimeError(f"{self.path}: already committed or discarded")
-        self._done = True
-        self._cm.__exit__(None, None, None)
-        return self.path
-
-    def discard(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        exc = _Discarded()
-        self._cm.__exit__(type(exc), exc, None)  # removes the temporary; re-raise is swallowed
-
-
-class _Discarded(Exception):
-    """Thrown into ``atomic_output`` to make it delete its temporary file."""
-
-
-class MaskSink(abc.ABC):
-    """One output format fed band by band (see the module docstring for the life cycle).
-
-    Life cycle: ``open(ctx)`` once, ``write_band`` for consecutive bands covering rows
-    ``0 .. height`` exactly, then ``close()`` (returns the final paths). ``abort()`` may be called
-    at any time, any number of times, and leaves no file behind. A sink whose ``open`` or ``close``
-    fails aborts itself.
-    """
-
-    #: whether ``write_band`` must receive ``probs`` (per-class probabilities)
-    requires_probs: bool = False
 
     def __init__(self) -> None:
         self._ctx: Optional[ExportContext] = None
         self._next_row = 0
         self._state = "new"
+        self._pending: List[PendingFile] = []
 
     # ------------------------------------------------------------------ public API
     @property
@@ -169,21 +139,120 @@ class MaskSink(abc.ABC):
         return self._ctx
 
     def describe(self) -> str:
-        """Short name used in error messages (the output path for file sinks)."""
-        return type(self).__name__
+        """Short name used in error messages: the output path of file sinks (their ``path``), else the class."""
+        path = getattr(self, "path", None)
+        return str(path) if path is not None else type(self).__name__
 
     def open(self, ctx: ExportContext) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"{self.describe()}: open() called on a sink that is {self._state}")
+        self._require("new", "open()")
         if not isinstance(ctx, ExportContext):
             raise TypeError(f"{self.describe()}: open() needs an ExportContext, got {type(ctx).__name__}")
         self._ctx = ctx
         self._state = "open"
         try:
-            self._open(ctx)
+            with self._naming_write_errors():
+                self._open(ctx)
         except BaseException:
             self.abort()
             raise
+
+    def finish(self) -> List[PendingFile]:
+        """Complete every output under its temporary name (all the writing; may fail); rename nothing.
+
+        The returned files are published by :meth:`commit`, or together with other sinks' files by
+        :func:`uniseg.utils.atomic.publish_together`.
+        """
+        self._require("open", "finish()")
+        try:
+            if self._next_row != self.ctx.height:
+                raise BandOrderError(
+                    f"{self.describe()}: finished after {self._next_row} of {self.ctx.height} rows; "
+                    "the output would be incomplete")
+            with self._naming_write_errors():
+                self._pending = list(self._finish())
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "finished"
+        return list(self._pending)
+
+    def commit(self) -> List[Path]:
+        """Rename the finished outputs into place; returns their final paths."""
+        self._require("finished", "commit()")
+        try:
+            with self._naming_write_errors():
+                paths = [pending.path if pending.done else pending.commit() for pending in self._pending]
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "closed"
+        return paths
+
+    def close(self) -> List[Path]:
+        """:meth:`finish` and :meth:`commit`: for a sink whose outputs are published on their own."""
+        self._require("open", "close()")
+        self.finish()
+        return self.commit()
+
+    def abort(self) -> None:
+        """Remove every temporary; safe to call repeatedly and in any state (committed files stay)."""
+        if self._state in ("closed", "aborted"):
+            return
+        was_active = self._state in ("open", "finished")
+        self._state = "aborted"
+        if was_active:
+            self._abort()
+            for pending in self._pending:
+                pending.discard()
+
+    # ------------------------------------------------------------------ for subclasses
+    @abc.abstractmethod
+    def _open(self, ctx: ExportContext) -> None:
+        """Check options against ``ctx`` and create temporaries."""
+
+    @abc.abstractmethod
+    def _finish(self) -> List[PendingFile]:
+        """Complete the outputs (all rows have arrived) under temporary names; do not commit them."""
+
+    @abc.abstractmethod
+    def _abort(self) -> None:
+        """Discard temporaries; must not raise for partially opened state."""
+
+    def _require(self, state: str, call: str) -> None:
+        if self._state != state:
+            raise RuntimeError(f"{self.describe()}: {call} called on a sink that is {self._state}")
+
+    def _check_band_rows(self, y0, h: int, w: int) -> None:
+        """A band continues where the previous one ended, fits the ROI and spans its full width."""
+        ctx, where = self.ctx, self.describe()
+        if isinstance(y0, bool) or not isinstance(y0, (int, np.integer)):
+            raise TypeError(f"{where}: band y0 must be an int, got {y0!r}")
+        if y0 != self._next_row:
+            raise BandOrderError(
+                f"{where}: bands must arrive top to bottom without gaps or overlaps; expected a band "
+                f"starting at row {self._next_row}, got y0={y0}")
+        if h < 1 or y0 + h > ctx.height:
+            raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} do not fit the ROI height {ctx.height}")
+        if w != ctx.width:
+            raise ValueError(f"{where}: band width {w} != ROI width {ctx.width} (bands must be full width)")
+
+    @contextlib.contextmanager
+    def _naming_write_errors(self) -> Iterator[None]:
+        """Operating-system errors while writing say which output failed (not a temporary's name)."""
+        try:
+            yield
+        except OutputWriteError:
+            raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OutputWriteError(f"{self.describe()}: cannot write this output ({reason})") from exc
+
+
+class MaskSink(OutputSink):
+    """One output format fed band by band with class labels (life cycle: :class:`OutputSink`)."""
+
+    #: whether ``write_band`` must receive ``probs`` (per-class probabilities)
+    requires_probs: bool = False
 
     def write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray] = None,
                    image: Optional[np.ndarray] = None) -> None:
@@ -195,73 +264,26 @@ class MaskSink(abc.ABC):
             probs: optional ``uint8`` (C, h, W) class probabilities, 0..255 meaning 0..1.
             image: optional ``uint8`` (h, W, 3) RGB pixels of the band (for previews).
         """
-        if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: write_band() called on a sink that is {self._state}")
+        self._require("open", "write_band()")
         self._check_band(y0, labels, probs, image)
-        self._write_band(int(y0), labels, probs, image)
+        with self._naming_write_errors():
+            self._write_band(int(y0), labels, probs, image)
         self._next_row = int(y0) + labels.shape[0]
-
-    def close(self) -> List[Path]:
-        """Finish the outputs and move them into place; returns their final paths."""
-        if self._state != "open":
-            raise RuntimeError(f"{self.describe()}: close() called on a sink that is {self._state}")
-        try:
-            if self._next_row != self.ctx.height:
-                raise BandOrderError(
-                    f"{self.describe()}: closed after {self._next_row} of {self.ctx.height} rows; "
-                    "the output would be incomplete")
-            paths = self._close()
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "closed"
-        return paths
-
-    def abort(self) -> None:
-        """Remove every temporary; safe to call repeatedly and in any state."""
-        if self._state in ("closed", "aborted"):
-            return
-        was_open = self._state == "open"
-        self._state = "aborted"
-        if was_open:
-            self._abort()
-
-    # ------------------------------------------------------------------ for subclasses
-    @abc.abstractmethod
-    def _open(self, ctx: ExportContext) -> None:
-        """Check options against ``ctx`` and create temporaries."""
 
     @abc.abstractmethod
     def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
                     image: Optional[np.ndarray]) -> None:
         """Consume one validated band."""
 
-    @abc.abstractmethod
-    def _close(self) -> List[Path]:
-        """Finish the outputs (all rows have arrived) and commit them."""
-
-    @abc.abstractmethod
-    def _abort(self) -> None:
-        """Discard temporaries; must not raise for partially opened state."""
-
     # ------------------------------------------------------------------ validation
     def _check_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
                     image: Optional[np.ndarray]) -> None:
         ctx, where = self.ctx, self.describe()
-        if isinstance(y0, bool) or not isinstance(y0, (int, np.integer)):
-            raise TypeError(f"{where}: band y0 must be an int, got {y0!r}")
         if not isinstance(labels, np.ndarray) or labels.ndim != 2:
             raise ValueError(f"{where}: labels must be a 2-D (h, W) array, got "
                              f"{getattr(labels, 'shape', type(labels).__name__)}")
         h, w = labels.shape
-        if y0 != self._next_row:
-            raise BandOrderError(
-                f"{where}: bands must arrive top to bottom without gaps or overlaps; expected a band "
-                f"starting at row {self._next_row}, got y0={y0}")
-        if h < 1 or y0 + h > ctx.height:
-            raise BandOrderError(f"{where}: band rows {y0}..{y0 + h} do not fit the ROI height {ctx.height}")
-        if w != ctx.width:
-            raise ValueError(f"{where}: band width {w} != ROI width {ctx.width} (bands must be full width)")
+        self._check_band_rows(y0, h, w)
         if labels.dtype != np.uint8:
             raise ValueError(f"{where}: labels must be uint8, got {labels.dtype}")
         present = labels_present(labels)

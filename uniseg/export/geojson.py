@@ -44,7 +44,7 @@ from shapely.geometry import Polygon
 
 from .base import ExportContext, MaskSink, PathLike, PendingFile, labels_present, resolve_class_indices
 
-__all__ = ["GeoJsonSink", "mask_to_polygons", "merge_touching", "trace_polygons"]
+__all__ = ["GeoJsonSink", "mask_to_polygons", "merge_touching", "orient_polygons", "trace_polygons"]
 
 
 def _polygon_parts(geom: shapely.Geometry) -> List[Polygon]:
@@ -64,8 +64,9 @@ def _make_valid(geometry: shapely.Geometry) -> shapely.Geometry:
         return shapely.make_valid(geometry)
 
 
-def _orient(polygons: np.ndarray) -> np.ndarray:
-    """Counter-clockwise exteriors, clockwise holes (vectorised where shapely >= 2.1 allows)."""
+def orient_polygons(polygons: np.ndarray) -> np.ndarray:
+    """Counter-clockwise exteriors, clockwise holes, as RFC 7946 asks of GeoJSON (vectorised where shapely
+    >= 2.1 allows; one polygon at a time on shapely 2.0)."""
     if hasattr(shapely, "orient_polygons"):
         return shapely.orient_polygons(polygons)
     from shapely.geometry.polygon import orient
@@ -292,8 +293,10 @@ class GeoJsonSink(MaskSink):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".geojson", ".json"):
             raise ValueError(f"{self.path}: GeoJsonSink writes .geojson/.json files")
-        if simplify_tolerance < 0 or min_area < 0:
-            raise ValueError(f"{self.path}: simplify_tolerance and min_area must be >= 0")
+        if not simplify_tolerance >= 0:  # also refuses NaN
+            raise ValueError(f"GeoJSON simplify_tolerance (--simplify) must be >= 0 pixels, got {simplify_tolerance}")
+        if not min_area >= 0:
+            raise ValueError(f"GeoJSON min_area must be >= 0 pixels, got {min_area}")
         self.simplify_tolerance = float(simplify_tolerance)
         self.min_area = float(min_area)
         self.classes_to_export = classes_to_export
@@ -304,9 +307,6 @@ class GeoJsonSink(MaskSink):
         self._pending: Dict[int, List[Polygon]] = {}
         self._properties: Dict[int, str] = {}
         self._count = 0
-
-    def describe(self) -> str:
-        return str(self.path)
 
     @property
     def num_features(self) -> int:
@@ -350,7 +350,7 @@ class GeoJsonSink(MaskSink):
             self._pending[index].extend(polygons[open_edge].tolist())
             self._emit(index, polygons[~open_edge])
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         for index, pieces in self._pending.items():
             self._emit(index, np.asarray(merge_touching(pieces), dtype=object))
             self._pending[index] = []
@@ -360,7 +360,7 @@ class GeoJsonSink(MaskSink):
             shutil.copyfileobj(self._spool, fh)
             fh.write(b"\n]}\n")
         self._spool.close()
-        return [self._file.commit()]
+        return [self._file]
 
     def _abort(self) -> None:
         if self._spool is not None:
@@ -388,7 +388,7 @@ class GeoJsonSink(MaskSink):
         (ox, oy), scale = self.ctx.origin, self.ctx.scale
         if (ox, oy, scale) != (0.0, 0.0, 1.0):
             polygons = shapely.transform(polygons, lambda xy: xy * scale + (ox, oy))
-        polygons = _orient(polygons)  # exterior CCW, holes CW (RFC 7946)
+        polygons = orient_polygons(polygons)  # exterior CCW, holes CW (RFC 7946)
         tail = ',"properties":' + self._properties[index] + "}"
         features = ['{"type":"Feature","geometry":' + geometry + tail for geometry in shapely.to_geojson(polygons)]
         text = ",\n".join(features)

@@ -79,9 +79,6 @@ class OverlayPreviewSink(MaskSink):
         self.max_size, self.alpha, self.legend = int(max_size), float(alpha), bool(legend)
         self.background_index, self.jpeg_quality = background_index, int(jpeg_quality)
 
-    def describe(self) -> str:
-        return str(self.path)
-
     # ------------------------------------------------------------------ life cycle
     def _open(self, ctx: ExportContext) -> None:
         if self.background_index is not None and not 0 <= self.background_index < ctx.num_classes:
@@ -141,7 +138,7 @@ class OverlayPreviewSink(MaskSink):
         self._acc_sum[:] = 0
         self._acc_count = 0
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         ctx = self.ctx
         colours = palette_lut(ctx.palette)[self._labels]
         if self._has_image:
@@ -166,10 +163,10 @@ class OverlayPreviewSink(MaskSink):
         except BaseException:
             pending.discard()
             raise
-        return [pending.commit()]
+        return [pending]
 
     def _abort(self) -> None:
-        self._image = None  # nothing on disk before close()
+        self._image = None  # nothing on disk before finish(), whose file the template discards
 
     # ------------------------------------------------------------------ legend
     def legend_entries(self) -> List[Tuple[str, Tuple[int, int, int]]]:

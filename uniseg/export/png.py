@@ -59,16 +59,13 @@ class IndexedPngSink(MaskSink):
         self._fh: Optional[BinaryIO] = None
         self._deflate = None
 
-    def describe(self) -> str:
-        return str(self.path)
-
     def _open(self, ctx: ExportContext) -> None:
         pixels = ctx.width * ctx.height
         if pixels > self.max_pixels or max(ctx.width, ctx.height) > _MAX_DIM:
             raise ValueError(
                 f"{self.path}: ROI of {ctx.width} x {ctx.height} px ({pixels:,} pixels) exceeds the PNG "
                 f"limit of {self.max_pixels:,} pixels; most viewers cannot open such a PNG. Export a "
-                "tiled pyramidal TIFF instead (format 'tiff'), or raise max_pixels.")
+                "tiled pyramidal TIFF instead (--formats tiff, format 'tiff' from Python), or raise max_pixels.")
         self._file = PendingFile(self.path)
         self._fh = open(self._file.tmp, "wb")
         self._fh.write(_PNG_SIGNATURE)
@@ -90,11 +87,11 @@ class IndexedPngSink(MaskSink):
         if data:
             _write_chunk(self._fh, b"IDAT", data)
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         self._emit(self._deflate.flush())
         _write_chunk(self._fh, b"IEND", b"")
         self._fh.close()
-        return [self._file.commit()]
+        return [self._file]
 
     def _abort(self) -> None:
         if self._fh is not None:

@@ -14,7 +14,7 @@ Each file is written with :class:`~uniseg.export.pyramid.StreamingPyramidTiff` (
 the label-mask TIFF), with reduced levels from rounded 2x2 means. Memory is about two tile-high
 strips per exported class. Files are named ``<dir>/<class>.tif`` when given a directory, or
 ``<stem>_<class><suffix>`` next to a given ``.tif`` path; class names are made file-safe.
-All files appear together at ``close``.
+All files appear together when committed.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from .base import ExportContext, MaskSink, PathLike, resolve_class_indices
+from .base import ExportContext, MaskSink, PathLike, PendingFile, resolve_class_indices
 from .pyramid import StreamingPyramidTiff, normalize_compression, reduce_mean_2x
 from .tiff import TIFF_SUFFIXES
 
@@ -104,10 +104,10 @@ class ProbabilityMapSink(MaskSink):
         for index, writer in zip(self._indices, self._writers):
             writer.write_rows(probs[index])
 
-    def _close(self) -> List[Path]:
+    def _finish(self) -> List[PendingFile]:
         for writer in self._writers:
             writer.finish()
-        return [writer.commit() for writer in self._writers]  # publish only when all are complete
+        return [writer.pending for writer in self._writers]
 
     def _abort(self) -> None:
         for writer in self._writers:

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.atomic import OutputWriteError
 from .base import PathLike, PendingFile
 
 __all__ = [
@@ -402,6 +403,11 @@ class StreamingPyramidTiff:
         self._raise_if_failed()
         self._close_spools()
 
+    @property
+    def pending(self) -> PendingFile:
+        """The file under its temporary name (complete after :meth:`finish`)."""
+        return self._file
+
     def commit(self) -> Path:
         """Move the finished file to its final name."""
         return self._file.commit()
@@ -429,6 +435,9 @@ class StreamingPyramidTiff:
             raise RuntimeError(f"{self.path}: TIFF writer thread stopped unexpectedly")
 
     def _raise_if_failed(self) -> None:
+        if isinstance(self._error, OSError):  # full disk, read-only folder: an output error, not a bug
+            reason = self._error.strerror or str(self._error)
+            raise OutputWriteError(f"{self.path}: cannot write this output ({reason})") from self._error
         if self._error is not None:
             raise RuntimeError(f"{self.path}: writing the TIFF failed: {self._error}") from self._error
 

@@ -23,15 +23,47 @@ from typing import List, Optional
 
 import numpy as np
 
-from .base import ExportContext, MaskSink, PathLike
+from .base import ExportContext, MaskSink, PathLike, PendingFile
 from .pyramid import StreamingPyramidTiff, colormap_from_palette, normalize_compression, reduce_labels_2x
 
-__all__ = ["PyramidTiffMaskSink", "TIFF_SUFFIXES"]
+__all__ = ["PyramidTiffMaskSink", "PyramidTiffOutput", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-class PyramidTiffMaskSink(MaskSink):
+class PyramidTiffOutput:
+    """What a sink writing one streamed pyramidal TIFF needs: its options, the writer thread, finish and abort.
+
+    Shared by the class-label mask and the cell-id image, which differ only in sample type, colour map
+    and description.
+    """
+
+    def _init_tiff(self, path: PathLike, tile: int, levels: Optional[int], compression: Optional[str],
+                   bigtiff: Optional[bool], maxworkers: Optional[int]) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in TIFF_SUFFIXES:
+            raise ValueError(f"{self.path}: {type(self).__name__} writes {TIFF_SUFFIXES} files")
+        self.tile, self.levels, self.bigtiff, self.maxworkers = tile, levels, bigtiff, maxworkers
+        self.compression = normalize_compression(compression, str(self.path))  # fail at construction
+        self._writer: Optional[StreamingPyramidTiff] = None
+
+    def _start_writer(self, ctx: ExportContext, description: dict, **options) -> None:
+        self._writer = StreamingPyramidTiff(
+            self.path, ctx.height, ctx.width, reduce=reduce_labels_2x, tile=self.tile, levels=self.levels,
+            compression=self.compression, description=json.dumps(description, ensure_ascii=True), mpp=ctx.mpp,
+            bigtiff=self.bigtiff, maxworkers=self.maxworkers, **options)
+        self._writer.start()
+
+    def _finish(self) -> List[PendingFile]:
+        self._writer.finish()
+        return [self._writer.pending]
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+
+class PyramidTiffMaskSink(PyramidTiffOutput, MaskSink):
     """Write the label mask as a tiled, pyramidal, palette-coloured TIFF.
 
     Args:
@@ -50,32 +82,12 @@ class PyramidTiffMaskSink(MaskSink):
                  compression: Optional[str] = "zlib", bigtiff: Optional[bool] = None,
                  maxworkers: Optional[int] = 1):
         super().__init__()
-        self.path = Path(path)
-        if self.path.suffix.lower() not in TIFF_SUFFIXES:
-            raise ValueError(f"{self.path}: PyramidTiffMaskSink writes {TIFF_SUFFIXES} files")
-        self.tile, self.levels, self.bigtiff, self.maxworkers = tile, levels, bigtiff, maxworkers
-        self.compression = normalize_compression(compression, str(self.path))  # fail at construction
-        self._writer: Optional[StreamingPyramidTiff] = None
-
-    def describe(self) -> str:
-        return str(self.path)
+        self._init_tiff(path, tile, levels, compression, bigtiff, maxworkers)
 
     def _open(self, ctx: ExportContext) -> None:
-        description = json.dumps({"uniseg": "label_mask", **ctx.metadata()}, ensure_ascii=True)
-        self._writer = StreamingPyramidTiff(
-            self.path, ctx.height, ctx.width, reduce=reduce_labels_2x, tile=self.tile, levels=self.levels,
-            compression=self.compression, photometric="palette", colormap=colormap_from_palette(ctx.palette),
-            description=description, mpp=ctx.mpp, bigtiff=self.bigtiff, maxworkers=self.maxworkers)
-        self._writer.start()
+        self._start_writer(ctx, {"uniseg": "label_mask", **ctx.metadata()}, photometric="palette",
+                           colormap=colormap_from_palette(ctx.palette))
 
     def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
                     image: Optional[np.ndarray]) -> None:
         self._writer.write_rows(labels)
-
-    def _close(self) -> List[Path]:
-        self._writer.finish()
-        return [self._writer.commit()]
-
-    def _abort(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()

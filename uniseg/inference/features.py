@@ -17,7 +17,6 @@ of ``uint8`` images only by rounding.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,12 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.backbones.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_encoder_spec
+from ..models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_encoder_spec
 from ..utils.imageio import ImageReadError, read_rgb
+from ..utils.typing_utils import PathLike
 
 __all__ = ["extract_features", "embed_batch", "preprocess_image", "resized_shape", "AMP_DTYPES"]
-
-PathLike = Union[str, os.PathLike]
 
 AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

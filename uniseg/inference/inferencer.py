@@ -7,7 +7,8 @@ rows that no later window touches are final, so they are turned into labels (and
 handed to the output sinks and dropped. Peak memory is set by the tile, the batch and the ROI
 *width*, never by its height.
 
-With the uniform window, positions and averaging are mmseg's, so the labels equal mmseg's.
+Window positions are mmseg's; with ``window='uniform'`` the averaging is too, so the labels equal
+mmseg's. The default is the cosine window (see :data:`~uniseg.inference.tiling.DEFAULT_WINDOW`).
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .tiling import TileGrid, blend_window
+from .options import check_pair, check_window_options
+from .tiling import DEFAULT_WINDOW, TileGrid, blend_window
 from .tissue import tissue_fraction
 
-__all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource"]
+__all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource", "progress_bar"]
 
 
 class ImageSource(Protocol):
@@ -64,7 +66,6 @@ class InferenceStats:
     tiles: int = 0
     tiles_skipped: int = 0
     seconds: float = 0.0
-    band_bytes: int = 0          # size of the accumulation band (scores + weights)
     class_pixels: List[int] = field(default_factory=list)
 
     @property
@@ -80,24 +81,24 @@ class SlidingWindowInferencer:
         num_classes: number of output channels.
         tile, stride: window size and step (h, w) in working-resolution pixels.
         batch_size: windows per forward pass.
-        window: ``uniform`` (mmseg's average), ``cosine`` or ``gaussian`` blending.
-        tissue_threshold: if set, windows whose tissue fraction is below it are not run and count as
-            ``background_index`` (certain background).
+        window: ``cosine`` (default), ``gaussian`` or ``uniform`` (mmseg's average) blending.
+        tissue_threshold: a fraction in [0, 1]; if set, windows whose tissue fraction is below it are
+            not run and count as ``background_index`` (certain background).
         amp: run the model under bf16 autocast (GPU, or CPU if asked).
         with_probs: also emit per-class probabilities (uint8, 0..255) per band.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, tile: Tuple[int, int] = (512, 512),
-                 stride: Optional[Tuple[int, int]] = None, batch_size: int = 4, window: str = "uniform",
+                 stride: Optional[Tuple[int, int]] = None, batch_size: int = 4, window: str = DEFAULT_WINDOW,
                  tissue_threshold: Optional[float] = None, background_index: int = 0, amp: bool = False,
                  with_probs: bool = False):
+        check_window_options(tile, stride, batch_size, window, tissue_threshold)
         self.model = model.eval()
         self.num_classes = num_classes
-        self.tile = tuple(tile)
-        self.stride = tuple(stride) if stride is not None else tuple(max(1, t * 2 // 3) for t in self.tile)
-        self.batch_size = max(1, int(batch_size))
+        self.tile = check_pair("tile", tile)
+        self.stride = check_pair("stride", stride) or tuple(max(1, t * 2 // 3) for t in self.tile)
+        self.batch_size = int(batch_size)
         self.window_kind = window
-        blend_window(window, 1, 1)  # validate the name now, not after the first tile row
         self.tissue_threshold = tissue_threshold
         self.background_index = background_index
         self.amp = amp
@@ -137,9 +138,9 @@ class SlidingWindowInferencer:
         # The band spans at most one tile height: rows above the current tile row are already final.
         band_scores = torch.zeros(classes, th, width, device=self.device)
         band_weight = torch.zeros(th, width, device=self.device)
-        stats = InferenceStats(band_bytes=(classes + 1) * th * width * 4, class_pixels=[0] * classes)
+        stats = InferenceStats(class_pixels=[0] * classes)
         cols = grid.col_starts
-        bar = _progress(len(grid), progress)
+        bar = progress_bar(len(grid), progress)
         start = time.perf_counter()
         for y0, finished in grid.rows():
             # The band always starts at the current tile row (earlier rows were emitted).
@@ -202,7 +203,8 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar over ``total`` windows, or a silent stand-in when ``enabled`` is false (or tqdm is missing)."""
     if not enabled:
         return _NoBar()
     try:

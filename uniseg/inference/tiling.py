@@ -13,9 +13,18 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-__all__ = ["axis_starts", "TileGrid", "blend_window", "WINDOWS"]
+__all__ = ["axis_starts", "TileGrid", "blend_window", "WINDOWS", "DEFAULT_WINDOW"]
 
 WINDOWS = ("uniform", "cosine", "gaussian")
+
+#: The blending window of every entry point (``tools/infer.py``, ``segment_file``,
+#: ``SlidingWindowInferencer``). Cosine, because a window's predictions are least reliable at its
+#: borders (the model saw no context beyond them) and a uniform average gives those border pixels
+#: as much say as the centre of the neighbouring window, which is what makes seams visible along
+#: window edges. A raised-cosine (Hann) taper gives each pixel mostly to the window that sees it
+#: centrally, and sums smoothly across overlaps, so no edge of a window stands out. ``uniform``
+#: remains available: it equals mmseg's ``slide_inference`` (and so ``tools/test.py``) exactly.
+DEFAULT_WINDOW = "cosine"
 
 
 def axis_starts(length: int, tile: int, stride: int) -> List[int]:

@@ -6,16 +6,27 @@ imported lazily: uniseg works without it and only complains when a slide actuall
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..utils.imageio import ImageReadError
-from .slide import WSI_INSTALL_HINT, Mpp, SlideReader, normalize_mpp
+from ..utils.typing_utils import PathLike
+from .slide import Mpp, SlideReader, normalize_mpp
 
-__all__ = ["OpenSlideReader"]
+__all__ = ["OpenSlideReader", "WSI_INSTALL_HINT", "openslide_available"]
+
+WSI_INSTALL_HINT = 'pip install "uniseg[wsi]"'
+
+
+def openslide_available() -> bool:
+    """Whether the optional OpenSlide backend (``uniseg[wsi]``) can be imported."""
+    try:
+        import openslide  # noqa: F401
+    except (ImportError, OSError):  # OSError: the Python package is there but libopenslide is not
+        return False
+    return True
 
 
 def _import_openslide(path: Path) -> Any:
@@ -52,7 +63,7 @@ class OpenSlideReader(SlideReader):
 
     backend = "openslide"
 
-    def __init__(self, path: Union[str, os.PathLike],
+    def __init__(self, path: PathLike,
                  mpp: Union[None, float, Sequence[float]] = None) -> None:
         path = Path(path)
         self._mpp_override = normalize_mpp(mpp, path)

@@ -118,7 +118,8 @@ def _check_region(reader: SlideReader, region: Region, allow_partial: bool) -> N
     if not overlaps:
         raise ValueError(where.format("lies entirely outside"))
     if not allow_partial:
-        raise ValueError(where.format("extends beyond") + "; pass allow_partial to pad the outside with white")
+        raise ValueError(where.format("extends beyond") + "; use --allow-partial (allow_partial=True) to pad the "
+                         "outside with white")
 
 
 def _choose_level(reader: SlideReader, scale: float, tolerance: float) -> int:
@@ -153,11 +154,12 @@ def plan_read(reader: SlideReader, region: Optional[Region] = None, target_mpp: 
             target = float("nan")
         if not (math.isfinite(target) and target > 0):
             raise ValueError(f"{reader.path}: target resolution must be a positive number of microns per "
-                             f"pixel, got {target_mpp!r}")
+                             f"pixel (--mpp, target_mpp), got {target_mpp!r}")
         if mpp0 is None:
             raise ValueError(f"{reader.path}: the slide does not record its resolution (microns per pixel), "
                              f"so a target resolution of {target_mpp} um/px cannot be planned; give the "
-                             f"slide's resolution (open_slide(path, mpp=...), --mpp) or choose a pyramid level")
+                             f"slide's resolution (--slide-mpp; open_slide(path, mpp=...) or "
+                             f"segment_file(slide_mpp=...)) or choose a pyramid level (--level, level=)")
         scale = target / mpp0
         if level is None:
             level = _choose_level(reader, scale, tolerance)

@@ -1,4 +1,4 @@
-"""The slide reader protocol and the factory that picks a backend for a file.
+"""The slide reader protocol: an image pyramid read by region, in level-0 coordinates.
 
 Whole slides and large regions of interest do not fit in memory as one array, so every input the
 large-ROI inferencer sees goes through a :class:`SlideReader`: an image pyramid that can be read
@@ -10,26 +10,17 @@ from __future__ import annotations
 import abc
 import math
 import operator
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..utils.imageio import ImageReadError
+from ..utils.typing_utils import PathLike
 
-PathLike = Union[str, os.PathLike]
 Mpp = Tuple[float, float]
 
-__all__ = ["SlideReader", "open_slide", "BACKENDS", "OPENSLIDE_SUFFIXES", "openslide_available"]
-
-#: ``backend`` values accepted by :func:`open_slide`.
-BACKENDS = ("auto", "tifffile", "openslide", "plain")
-#: Suffixes that OpenSlide handles better than tifffile (vendor layouts, overlaps, stitching).
-OPENSLIDE_SUFFIXES = (".svs", ".svslide", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
-#: Of those, the ones that are not TIFF files, so that only OpenSlide can read them.
-OPENSLIDE_ONLY_SUFFIXES = (".mrxs", ".vms", ".vmu")
-WSI_INSTALL_HINT = 'pip install "uniseg[wsi]"'
+__all__ = ["SlideReader", "Mpp", "normalize_mpp", "white"]
 
 # Downsamples are floats; nudge before flooring so 2000 / 2.0 (exactly 1000) never becomes 999.
 _FLOOR_EPS = 1e-9
@@ -65,7 +56,7 @@ class SlideReader(abc.ABC):
     at the border of a slide need no special handling by callers.
     """
 
-    #: short backend name, used in messages and by :func:`open_slide`
+    #: short backend name, used in messages and by :func:`uniseg.io.open_slide`
     backend: str = "?"
 
     path: Path
@@ -161,83 +152,3 @@ class SlideReader(abc.ABC):
             return operator.index(value)  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(f"{self.path}: {name} must be an integer, got {value!r}") from None
-
-
-def openslide_available() -> bool:
-    """Whether the optional OpenSlide backend (``uniseg[wsi]``) can be imported."""
-    try:
-        import openslide  # noqa: F401
-    except (ImportError, OSError):  # OSError: the Python package is there but libopenslide is not
-        return False
-    return True
-
-
-def _sniff(path: Path) -> Optional[str]:
-    """Identify the container by its magic bytes: suffixes lie, content does not."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot be opened ({exc})") from exc
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:2] == b"BM":
-        return "bmp"
-    return None
-
-
-def open_slide(path: PathLike, backend: str = "auto",
-               mpp: Union[None, float, Sequence[float]] = None) -> SlideReader:
-    """Open ``path`` with the backend that suits it.
-
-    ``backend='auto'`` uses OpenSlide for vendor formats when it is installed, tifffile for any
-    TIFF (tiled, stripped, pyramidal, SVS, OME), and Pillow for PNG/JPEG/BMP. ``mpp`` overrides
-    the level-0 microns per pixel (a number or an ``(x, y)`` pair) when the file has none or a
-    wrong one. Unreadable, corrupt or unsupported files raise :class:`ImageReadError` naming the
-    file.
-    """
-    path = Path(path)
-    if backend not in BACKENDS:
-        raise ValueError(f"{path}: unknown slide backend {backend!r}; choose one of {BACKENDS}")
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageReadError(f"{path}: is not a file")
-    mpp_pair = normalize_mpp(mpp, path)
-    kind = _sniff(path)
-    suffix = path.suffix.lower()
-
-    from .openslide_backend import OpenSlideReader
-    from .plain import PlainImageReader
-    from .tiff import TiffSlideReader
-
-    if backend == "openslide":
-        return OpenSlideReader(path, mpp=mpp_pair)
-    if backend == "tifffile":
-        return TiffSlideReader(path, mpp=mpp_pair)
-    if backend == "plain":
-        return PlainImageReader(path, mpp=mpp_pair)
-
-    if suffix in OPENSLIDE_SUFFIXES and openslide_available():
-        try:
-            return OpenSlideReader(path, mpp=mpp_pair)
-        except ImageReadError:
-            if kind != "tiff":
-                raise
-            # OpenSlide rejects some valid TIFFs (e.g. unusual SVS variants); tifffile may not.
-    if kind == "tiff":
-        return TiffSlideReader(path, mpp=mpp_pair)
-    if suffix in OPENSLIDE_ONLY_SUFFIXES:
-        raise ImageReadError(f"{path}: {suffix} slides can only be read with OpenSlide, which is not "
-                             f"installed; install it with {WSI_INSTALL_HINT}")
-    if kind in ("png", "jpeg", "bmp"):
-        return PlainImageReader(path, mpp=mpp_pair)
-    if suffix in OPENSLIDE_SUFFIXES:
-        raise ImageReadError(f"{path}: not a TIFF file although {suffix} slides are TIFF-based; the "
-                             f"file is corrupt or truncated")
-    raise ImageReadError(f"{path}: unsupported or corrupt image: the content is not TIFF, PNG, "
-                         f"JPEG or BMP")

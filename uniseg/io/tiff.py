@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..utils.imageio import ImageReadError
+from ..utils.typing_utils import PathLike
 from .slide import Mpp, SlideReader, normalize_mpp, white
 
 __all__ = ["TiffSlideReader"]
@@ -234,7 +235,7 @@ class TiffSlideReader(SlideReader):
 
     backend = "tifffile"
 
-    def __init__(self, path: Union[str, os.PathLike], mpp: Union[None, float, Sequence[float]] = None,
+    def __init__(self, path: PathLike, mpp: Union[None, float, Sequence[float]] = None,
                  *, cache_bytes: int = 64 << 20) -> None:
         import tifffile
 

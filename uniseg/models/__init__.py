@@ -1,15 +1,8 @@
-"""Models registered into mmseg's registry: the ViT-Adapter backbone, the Mask2Former head, the segmentor."""
-import torch
-
+"""Models registered into mmseg's registry: the ViT-Adapter backbone, the Mask2Former head and pixel decoder,
+the segmentor. Importing this package registers them and changes nothing else."""
 from .backbones import ViTAdapter
 from .decode_heads import UniMask2FormerHead
-from .layers import patch_mmcv_deformable_attention
+from .layers import UniMSDeformAttnPixelDecoder
 from .segmentors import UniEncoderDecoder
 
-patch_mmcv_deformable_attention()
-# On CPUs, arithmetic on subnormal floats is 10-100x slower. Fine-tuning produces them (layer-scale factors
-# of 1e-5, AdamW moments of tiny gradients): a tiny-model training step on 2 cores went from 0.3 s to 3.5 s
-# after 20 iterations. Flushing them to zero changes nothing a float32 model can resolve.
-torch.set_flush_denormal(True)
-
-__all__ = ["ViTAdapter", "UniMask2FormerHead", "UniEncoderDecoder"]
+__all__ = ["ViTAdapter", "UniMask2FormerHead", "UniMSDeformAttnPixelDecoder", "UniEncoderDecoder"]

@@ -34,10 +34,3 @@ def resolve_palette(classes: Sequence[str], palette: Optional[Sequence[Sequence[
         out.append(tuple(int(v) for v in color))
     return out
 
-
-def colorize(labels: np.ndarray, palette: Sequence[Color], ignore_color: Color = (0, 0, 0)) -> np.ndarray:
-    """Map a label image (H, W) to RGB; labels outside the palette (e.g. 255 = ignore) get ``ignore_color``."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:] = ignore_color
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[labels.astype(np.uint8)]

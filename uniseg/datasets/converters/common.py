@@ -17,19 +17,17 @@ rather than a plausible-looking partial dataset that would silently train on a s
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
 from uniseg.utils.atomic import atomic_output_dir
 from uniseg.utils.palette import Color, resolve_palette
-
-PathLike = Union[str, os.PathLike]
+from uniseg.utils.typing_utils import PathLike
 
 IGNORE_INDEX = 255
 SPLIT_NAMES = ("train", "val", "test")

@@ -23,6 +23,7 @@ from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmseg.registry import TRANSFORMS
 
+from .seg_fields import seg_map_keys
 from .stain import HEDJitter
 
 __all__ = ["ALBU_EXTRA_TRANSFORMS", "Albumentations", "build_albu_transform"]
@@ -201,17 +202,10 @@ class Albumentations(BaseTransform):
         ]
         self.aug = A.Compose(built, mask_interpolation=cv2.INTER_NEAREST)
 
-    @staticmethod
-    def _seg_keys(results: Dict[str, Any]) -> List[str]:
-        keys = list(dict.fromkeys(results.get("seg_fields", [])))
-        if "gt_seg_map" in results and "gt_seg_map" not in keys:
-            keys.append("gt_seg_map")
-        return keys
-
     def transform(self, results: Dict[str, Any]) -> Dict[str, Any]:
         img = results["img"]
         src = results.get("img_path", "<image>")
-        seg_keys = self._seg_keys(results)
+        seg_keys = seg_map_keys(results)
         segs = [results[k] for k in seg_keys]
         for key, seg in zip(seg_keys, segs):
             if seg.shape[:2] != img.shape[:2]:

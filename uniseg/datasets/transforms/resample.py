@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmseg.registry import TRANSFORMS
+
+from .seg_fields import seg_map_keys
 
 __all__ = ["ResampleToMPP", "resize_nearest"]
 
@@ -105,7 +107,7 @@ class ResampleToMPP(BaseTransform):
             resized = resized[..., None]
         results["img"] = resized
 
-        for key in _seg_keys(results):
+        for key in seg_map_keys(results):
             seg = results[key]
             if seg.shape[:2] != (in_h, in_w):
                 raise ValueError(
@@ -133,10 +135,3 @@ def _is_positive_number(value: Any) -> bool:
         and math.isfinite(float(value))
         and float(value) > 0
     )
-
-
-def _seg_keys(results: Dict[str, Any]) -> List[str]:
-    keys = list(dict.fromkeys(results.get("seg_fields", [])))
-    if "gt_seg_map" in results and "gt_seg_map" not in keys:
-        keys.append("gt_seg_map")
-    return keys

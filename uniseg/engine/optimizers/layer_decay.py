@@ -4,12 +4,18 @@ Fine-tuning a pretrained ViT works best when early blocks move less than late on
 uses a decay of 0.9 over 24 layers). mmseg's ``LayerDecayOptimizerConstructor`` only knows BEiT, MAE
 and ConvNeXt parameter names, so uniseg has its own for timm's names:
 
-* layer 0: ``patch_embed``, ``pos_embed``, ``cls_token``, ``reg_token`` of the encoder;
+* layer 0: ``patch_embed``, ``pos_embed``, ``cls_token``, ``reg_token`` of the encoder, and Mask2Former's
+  query, level and output embeddings (``decode_head.{mask_embed,cls_embed,level_embed,query_embed,query_feat}``);
 * layer ``N + 1``: ``blocks.N``;
-* top layer (``depth + 1``, full learning rate): everything else (adapter, decode head).
+* top layer (``depth + 1``, full learning rate): everything else (adapter, pixel decoder, transformer decoder).
 
 Parameter ``p`` of layer ``i`` gets ``lr = base_lr * decay ** (depth + 1 - i)``. Weight decay is zero for
 norms, biases, layer-scale factors (every 1-D parameter) and for embeddings named in ``no_decay_keys``.
+
+The head embeddings at layer 0 follow ViT-Adapter's reference Mask2Former recipe (its
+``get_num_layer_for_vit``), so a reproduction of its numbers trains them at ``decay ** (depth + 1)`` of the
+base lr (0.072 for ViT-L at 0.9). ``paramwise_cfg=dict(decay_head_embeddings=False)`` trains them at the
+full lr instead, like the rest of the head (uniseg's behaviour before it followed the recipe).
 """
 from __future__ import annotations
 
@@ -22,16 +28,22 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
-__all__ = ["ViTLayerDecayOptimizerConstructor", "vit_layer_id"]
+__all__ = ["HEAD_EMBEDDINGS", "ViTLayerDecayOptimizerConstructor", "vit_layer_id"]
 
 DEFAULT_NO_DECAY_KEYS = ("pos_embed", "cls_token", "reg_token", "level_embed", "query_embed", "query_feat",
                          "level_encoding")
+#: Mask2Former head parameters that ViT-Adapter's recipe puts at layer 0 (see module docstring).
+HEAD_EMBEDDINGS = ("decode_head.mask_embed", "decode_head.cls_embed", "decode_head.level_embed",
+                   "decode_head.query_embed", "decode_head.query_feat")
 _WRAPPER_PARTS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|module\.)")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.") -> int:
+def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.",
+                 decay_head_embeddings: bool = True) -> int:
     """Layer index of parameter ``name`` (``num_layers`` = depth + 2)."""
+    if decay_head_embeddings and any(name.startswith(f"{prefix}.") for prefix in HEAD_EMBEDDINGS):
+        return 0
     if not name.startswith(vit_prefix):
         return num_layers - 1
     local = name[len(vit_prefix):]
@@ -47,7 +59,8 @@ def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.") 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """``paramwise_cfg``: ``layer_decay_rate`` (0.9), ``num_layers`` (encoder depth; read from the model if
-    omitted), ``vit_prefix`` (``'backbone.vit.'``), ``no_decay_keys`` (see module docstring)."""
+    omitted), ``vit_prefix`` (``'backbone.vit.'``), ``no_decay_keys``, ``decay_head_embeddings`` (True: head
+    embeddings at layer 0 as in ViT-Adapter; False: at full lr). See the module docstring."""
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = "", **kwargs) -> None:
         cfg = self.paramwise_cfg
@@ -56,6 +69,7 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         depth = cfg.get("num_layers") or self._encoder_depth(module, vit_prefix)
         num_layers = depth + 2
         no_decay_keys: Sequence[str] = tuple(cfg.get("no_decay_keys", DEFAULT_NO_DECAY_KEYS))
+        decay_head_embeddings = bool(cfg.get("decay_head_embeddings", True))
         base_wd = self.base_wd or 0.0
 
         groups: Dict[Tuple[int, bool], dict] = {}
@@ -63,7 +77,7 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             name = _WRAPPER_PARTS.sub("", raw_name)
-            layer = vit_layer_id(name, num_layers, vit_prefix)
+            layer = vit_layer_id(name, num_layers, vit_prefix, decay_head_embeddings)
             no_decay = param.ndim == 1 or any(key in name for key in no_decay_keys)
             group = groups.get((layer, no_decay))
             if group is None:
@@ -75,7 +89,8 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             group["param_names"].append(name)
         params.extend(groups[k] for k in sorted(groups))
         print_log(f"ViTLayerDecayOptimizerConstructor: {len(groups)} parameter groups over {num_layers} layers, "
-                  f"decay {decay_rate}", logger="current")
+                  f"decay {decay_rate}, head embeddings at "
+                  f"{'layer 0' if decay_head_embeddings else 'full lr'}", logger="current")
 
     @staticmethod
     def _encoder_depth(module: nn.Module, vit_prefix: str) -> int:

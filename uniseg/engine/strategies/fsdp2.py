@@ -10,11 +10,12 @@ checkpointing. This strategy plugs it into mmengine's ``FlexibleRunner``:
   then the whole model (``shard_module_types`` chooses the units by class name);
 * checkpoints hold the *full* (unsharded) model state dict, gathered on every rank and written by rank 0,
   so ``tools/test.py``, inference and non-FSDP runs load them as usual; the optimizer state is stored
-  full as well (keyed by parameter name) and is resumable by FSDP runs.
+  full as well (keyed by parameter name) and is resumable by FSDP runs;
+* checkpoints are read as uniseg reads all of them (weights-only, checksum verified, strict), and the
+  runner's checkpoint hooks run on save and load through mmengine's callbacks (``UnisegFlexibleRunner``).
 """
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence
 
@@ -28,6 +29,9 @@ from mmseg.registry import MODEL_WRAPPERS
 from torch import nn
 
 from mmengine._strategy import DDPStrategy, SingleDeviceStrategy
+
+from ..checkpoint import load_model_state, load_verified_checkpoint
+from ..checkpoint.model_state import DEFAULT_REVISE_KEYS
 
 __all__ = ["FSDP2Strategy", "FullyShardedModel", "DEFAULT_SHARD_MODULE_TYPES"]
 
@@ -120,21 +124,48 @@ class FSDP2Strategy(DDPStrategy):
             return self._gathered["optim"]
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, options=_state_dict_options())
+        state = get_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, options=_state_dict_options())
+        # mmengine's OptimWrapper keeps the base learning rate (what schedulers and 'base_lr' in the log
+        # follow) beside the optimizer; its own state_dict() stores it, torch's gathering does not know it.
+        base = getattr(self.optim_wrapper, "base_param_settings", None)
+        if base is not None:
+            state["base_param_settings"] = dict(base)
+        return state
 
-    def load_model_state_dict(self, state_dict: dict, *, strict: bool = False,
-                              revise_keys: Iterable = ((r"^module\.", ""),)) -> None:
+    def load_checkpoint(self, filename: str, *, map_location="cpu", strict: bool = True,
+                        revise_keys: Iterable = DEFAULT_REVISE_KEYS, callback=None) -> dict:
+        """Read ``filename`` as uniseg reads every checkpoint (weights-only, checksum verified, errors naming
+        the file), then scatter the full state dict into the shards. Every rank reads the file into host
+        memory (``map_location`` is ignored: the full state must not land on one GPU) and loads strictly
+        unless told otherwise (resuming always is)."""
+        self.logger.info(f"Load checkpoint from {filename}")
+        checkpoint = load_verified_checkpoint(filename, map_location="cpu", logger=self.logger)
+        if callback is not None:
+            callback(checkpoint)  # the runner's after_load_checkpoint hooks
+        load_model_state(self._module, checkpoint, filename, strict=strict, revise_keys=revise_keys,
+                         logger=self.logger, load_fn=self._set_full_state_dict)
+        checkpoint.pop("state_dict", None)
+        return checkpoint
+
+    def _set_full_state_dict(self, state_dict: dict, strict: bool) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        for pattern, repl in revise_keys:
-            state_dict = {re.sub(pattern, repl, k): v for k, v in state_dict.items()}
         set_model_state_dict(self._module, state_dict, options=_state_dict_options(strict=strict))
+
+    def load_model_state_dict(self, state_dict: dict, *, strict: bool = True,
+                              revise_keys: Iterable = DEFAULT_REVISE_KEYS) -> None:
+        load_model_state(self._module, {"state_dict": state_dict}, "state dict", strict=strict,
+                         revise_keys=revise_keys, logger=self.logger, load_fn=self._set_full_state_dict)
 
     def load_optim_state_dict(self, state_dict: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        state_dict = dict(state_dict)
+        base = state_dict.pop("base_param_settings", None)
         set_optimizer_state_dict(self._module, self.optim_wrapper.optimizer, state_dict,
                                  options=_state_dict_options())
+        if base is not None and getattr(self.optim_wrapper, "base_param_settings", None) is not None:
+            self.optim_wrapper.base_param_settings.update(base)
 
     def save_checkpoint(self, filename: str, *, save_optimizer: bool = True, save_param_scheduler: bool = True,
                         extra_ckpt: Optional[dict] = None, callback=None) -> None:

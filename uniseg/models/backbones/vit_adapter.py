@@ -25,7 +25,9 @@ from torch import nn
 from ..layers import DeformableAttention, build_adapter_norm
 from .adapter_modules import PYRAMID_STRIDES, AdapterGeometry, InteractionBlock, SpatialPriorModule
 from .adapter_modules import default_interaction_indexes
-from .encoders import create_encoder, get_encoder_spec
+from .encoders import create_encoder
+from .spec import get_encoder_spec
+from .weights import load_encoder_weights
 
 __all__ = ["ViTAdapter"]
 
@@ -165,8 +167,6 @@ class ViTAdapter(BaseModule):
         mmengine would otherwise call timm's own ``init_weights`` on the encoder and wipe pretrained weights.
         """
         if self.encoder_weights is not None:
-            from .weights import load_encoder_weights
-
             path = load_encoder_weights(self.vit, self.encoder_weights, self.spec, strict=True)
             print_log(f"ViTAdapter: loaded {self.spec.name} weights from {path}", logger="current",
                       level=logging.INFO)

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Union
 import torch
 from torch import nn
 
-from .encoders import EncoderSpec
+from .spec import EncoderSpec
 
 __all__ = [
     "CheckpointError", "resolve_checkpoint", "read_state_dict", "checkpoint_filter_fn", "load_encoder_weights",
