@@ -59,9 +59,17 @@ def main(argv=None) -> None:
 
 
 def print_summary(metrics: dict) -> None:
+    """One ``summary:`` line per metric family: pixel scores (mmseg's IoUMetric) and cell scores
+    (CellInstanceMetric's ``cell/`` keys: panoptic quality, detection F1 and the object counts)."""
     keys = [k for k in ("mIoU", "mDice", "aAcc", "mAcc") if k in metrics]
     if keys:
         print("summary: " + "  ".join(f"{k} {metrics[k]:.2f}" for k in keys))
+    cell = {k[len("cell/"):]: v for k, v in metrics.items() if k.startswith("cell/")}
+    keys = [k for k in ("bPQ", "bDQ", "bSQ", "mPQ", "F1_d") if k in cell]
+    if keys:
+        counts = "".join(f"  {label} {int(cell[k])}" for k, label in (("num_gt", "objects_gt"),
+                                                                      ("num_pred", "objects_pred")) if k in cell)
+        print("summary: " + "  ".join(f"{k} {float(cell[k]):.2f}" for k in keys) + counts)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os.path as osp
 from typing import List, Optional, Tuple
 
+from mmdet.registry import RUNNERS as MMDET_RUNNERS
 from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import FlexibleRunner, Runner
@@ -71,6 +72,7 @@ class _TrustedLoading:
             self._has_loaded = True
 
 
+@MMDET_RUNNERS.register_module()
 @RUNNERS.register_module()
 class UnisegRunner(_TrustedLoading, Runner):
     """``runner_type = 'UnisegRunner'``."""
@@ -86,6 +88,7 @@ class UnisegRunner(_TrustedLoading, Runner):
         return checkpoint
 
 
+@MMDET_RUNNERS.register_module()
 @RUNNERS.register_module()
 class UnisegFlexibleRunner(_TrustedLoading, FlexibleRunner):
     """``runner_type = 'UnisegFlexibleRunner'`` with ``strategy = dict(type='FSDP2Strategy')``."""

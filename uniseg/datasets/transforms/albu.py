@@ -20,6 +20,7 @@ import numpy as np
 from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BasicTransform
 from mmcv.transforms import BaseTransform
+from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmseg.registry import TRANSFORMS
 
 from .seg_fields import seg_map_keys
@@ -135,6 +136,7 @@ def build_albu_transform(
         raise ValueError(f"Albumentations: {where} ({name}): invalid arguments: {exc}") from exc
 
 
+@MMDET_TRANSFORMS.register_module()
 @TRANSFORMS.register_module()
 class Albumentations(BaseTransform):
     """Apply an albumentations 2.x pipeline to ``img`` and every map in ``seg_fields``.

@@ -13,6 +13,7 @@ from typing import Any, Dict, Tuple
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
+from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmseg.registry import TRANSFORMS
 
 from .seg_fields import seg_map_keys
@@ -36,6 +37,7 @@ def resize_nearest(seg: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(seg[rows[:, None], cols[None, :]])
 
 
+@MMDET_TRANSFORMS.register_module()
 @TRANSFORMS.register_module()
 class ResampleToMPP(BaseTransform):
     """Rescale image and seg maps from ``results['mpp']`` to ``target_mpp`` microns per pixel.

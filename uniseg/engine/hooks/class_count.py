@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Set, Tuple
 
+from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
@@ -19,6 +20,7 @@ from mmseg.registry import HOOKS
 __all__ = ["ClassCountCheckHook"]
 
 
+@MMDET_HOOKS.register_module()
 @HOOKS.register_module()
 class ClassCountCheckHook(Hook):
     """Check ``num_classes`` of the decode (and auxiliary) heads against each dataset's classes.

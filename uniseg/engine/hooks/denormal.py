@@ -17,6 +17,7 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
+from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
@@ -48,6 +49,7 @@ def flush_denormal() -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
+@MMDET_HOOKS.register_module()
 @HOOKS.register_module()
 class FlushDenormalHook(Hook):
     """Subnormal floats flushed to zero from ``before_run`` to ``after_run`` of every train, val or test run."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
@@ -18,6 +19,7 @@ from mmseg.registry import HOOKS
 __all__ = ["IterationSeedHook"]
 
 
+@MMDET_HOOKS.register_module()
 @HOOKS.register_module()
 class IterationSeedHook(Hook):
     priority = "VERY_HIGH"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os.path as osp
 from typing import List, Optional
 
+from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
@@ -35,6 +36,7 @@ from ..checkpoint import (CheckpointError, add_checksum, from_weights_only, remo
 __all__ = ["SafeCheckpointHook"]
 
 
+@MMDET_HOOKS.register_module()
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """``default_hooks.checkpoint = dict(type='SafeCheckpointHook', ...)``; arguments as mmengine's CheckpointHook."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from mmdet.registry import OPTIM_WRAPPERS as MMDET_OPTIM_WRAPPERS
 from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 __all__ = ["BF16OptimWrapper"]
 
 
+@MMDET_OPTIM_WRAPPERS.register_module()
 @OPTIM_WRAPPERS.register_module()
 class BF16OptimWrapper(OptimWrapper):
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
@@ -54,6 +55,7 @@ def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.",
     return num_layers - 1
 
 
+@MMDET_OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """``paramwise_cfg``: ``layer_decay_rate`` (0.9), ``num_layers`` (encoder depth; read from the model if

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
@@ -33,6 +34,7 @@ __all__ = ["ViTAdapter"]
 OUTPUT_STRIDES = (4, 8, 16, 32)
 
 
+@MMDET_MODELS.register_module()
 @MODELS.register_module()
 class ViTAdapter(BaseModule):
     """ViT-Adapter backbone for a known encoder (``uni``, ``uni2-h``, ``uni-tiny``, ``uni2-h-tiny``).

@@ -12,6 +12,7 @@ initialisation), so checkpoints of the stock decoder load unchanged, but the dis
 from __future__ import annotations
 
 from mmdet.models.layers import MSDeformAttnPixelDecoder
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmseg.registry import MODELS
 
 from .deform_attn import UniMultiScaleDeformableAttention
@@ -19,6 +20,7 @@ from .deform_attn import UniMultiScaleDeformableAttention
 __all__ = ["UniMSDeformAttnPixelDecoder"]
 
 
+@MMDET_MODELS.register_module()
 @MODELS.register_module()
 class UniMSDeformAttnPixelDecoder(MSDeformAttnPixelDecoder):
     """mmdet's multi-scale deformable-attention pixel decoder; arguments are mmdet's."""

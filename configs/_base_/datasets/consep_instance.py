@@ -1,0 +1,46 @@
+# CoNSeP nuclei as objects (Graham et al., MedIA 2019): 41 H&E tiles of 1000x1000 at 40x (0.25 um/px), with
+# HoVer-Net's four classes (other, inflammatory, epithelial, spindle-shaped). Convert the download first:
+#   python tools/dataset_converters/consep.py CoNSeP data/consep
+# (Test/ is the test set; val is a seeded 10% of Train/).
+#
+# Training crops are 256 px at 0.5 um/px (128 um square, about 155 nuclei on average in CoNSeP; 200+ in
+# dense tumour), within the 300 queries of the instance model. A whole test tile is 500 px at 0.5 um/px and
+# holds about 590 nuclei on average: more than 300 queries can return, so whole-tile figures from
+# tools/test.py under-detect by construction; score CoNSeP on windows of the training size instead (tiled
+# instance inference, or test tiles cut to 512 px at the source resolution).
+
+_base_ = ['./histology_instance_folder.py']
+
+data_root = 'data/consep'
+mpp = 0.25
+metainfo = dict(classes=('other', 'inflammatory', 'epithelial', 'spindle-shaped'))
+working_mpp = 0.5
+crop_size = (256, 256)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadInstanceAnnotations'),
+    dict(type='ResampleToMPP', target_mpp=working_mpp),
+    dict(type='mmseg.RandomCrop', crop_size=crop_size, cat_max_ratio=1.0),
+    dict(type='Albumentations', transforms={{_base_.histology_augmentation}}),
+    dict(type='InstanceMapToTargets'),
+    dict(type='PackInstanceInputs'),
+]
+# The ground truth is made at the source resolution before the image is resampled (ResampleToMPP moves the
+# image and seg maps, not the finished gt_masks), which is where Mask2Former returns its masks (ori_shape).
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadInstanceAnnotations'),
+    dict(type='InstanceMapToTargets'),
+    dict(type='ResampleToMPP', target_mpp=working_mpp),  # the image only: the targets are made already
+    dict(type='PackInstanceInputs'),
+]
+
+dataset = dict(data_root=data_root, metainfo=metainfo, mpp=mpp)
+train_dataloader = dict(dataset=dict(**dataset, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
+
+# Scored at the source resolution (0.25 um/px): HoVer-Net's 12 px (3 um) pairing radius, as in its CoNSeP results.
+val_evaluator = dict(pair_radius=12)
+test_evaluator = val_evaluator
