@@ -201,9 +201,6 @@ def _layer_ids(model, cfg) -> dict:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="uniseg/engine/optimizers/layer_decay.py's HEAD_EMBEDDINGS name decode_head.* "
-                   "only, so panoptic_head.{query_embed,query_feat,level_embed,cls_embed,mask_embed} stay at full lr; "
-                   "remove this marker with the fix")
 def test_layer_decay_groups_the_instance_head_like_the_semantic_head(demo_cfg):
     """mmdet's detector calls the head ``panoptic_head``, mmseg's segmentor ``decode_head``; the same
     parameter must land in the same layer (and weight-decay group) under either name."""

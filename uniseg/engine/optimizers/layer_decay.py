@@ -5,7 +5,8 @@ uses a decay of 0.9 over 24 layers). mmseg's ``LayerDecayOptimizerConstructor`` 
 and ConvNeXt parameter names, so uniseg has its own for timm's names:
 
 * layer 0: ``patch_embed``, ``pos_embed``, ``cls_token``, ``reg_token`` of the encoder, and Mask2Former's
-  query, level and output embeddings (``decode_head.{mask_embed,cls_embed,level_embed,query_embed,query_feat}``);
+  query, level and output embeddings (``{decode_head,panoptic_head}.{mask_embed,cls_embed,level_embed,
+  query_embed,query_feat}``: the semantic segmentor's and the instance detector's head alike);
 * layer ``N + 1``: ``blocks.N``;
 * top layer (``depth + 1``, full learning rate): everything else (adapter, pixel decoder, transformer decoder).
 
@@ -28,21 +29,29 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
-__all__ = ["HEAD_EMBEDDINGS", "ViTLayerDecayOptimizerConstructor", "vit_layer_id"]
+__all__ = ["HEAD_EMBEDDINGS", "MASK2FORMER_HEADS", "ViTLayerDecayOptimizerConstructor", "is_head_embedding",
+           "vit_layer_id"]
 
 DEFAULT_NO_DECAY_KEYS = ("pos_embed", "cls_token", "reg_token", "level_embed", "query_embed", "query_feat",
                          "level_encoding")
+#: Mask2Former heads: mmseg's segmentor calls its head ``decode_head``, mmdet's detector ``panoptic_head``.
+MASK2FORMER_HEADS = ("decode_head", "panoptic_head")
 #: Mask2Former head parameters that ViT-Adapter's recipe puts at layer 0 (see module docstring).
-HEAD_EMBEDDINGS = ("decode_head.mask_embed", "decode_head.cls_embed", "decode_head.level_embed",
-                   "decode_head.query_embed", "decode_head.query_feat")
+HEAD_EMBEDDINGS = ("mask_embed", "cls_embed", "level_embed", "query_embed", "query_feat")
 _WRAPPER_PARTS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|module\.)")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def is_head_embedding(name: str) -> bool:
+    """Whether parameter ``name`` is one of a Mask2Former head's :data:`HEAD_EMBEDDINGS`."""
+    parts = name.split(".", 2)
+    return len(parts) == 3 and parts[0] in MASK2FORMER_HEADS and parts[1] in HEAD_EMBEDDINGS
 
 
 def vit_layer_id(name: str, num_layers: int, vit_prefix: str = "backbone.vit.",
                  decay_head_embeddings: bool = True) -> int:
     """Layer index of parameter ``name`` (``num_layers`` = depth + 2)."""
-    if decay_head_embeddings and any(name.startswith(f"{prefix}.") for prefix in HEAD_EMBEDDINGS):
+    if decay_head_embeddings and is_head_embedding(name):
         return 0
     if not name.startswith(vit_prefix):
         return num_layers - 1
