@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 CONFIG = REPO / "configs/uni/mask2former_uni-tiny-adapter_1xb4-1k_ihc-demo-128x128.py"
 DATA = REPO / "data/ihc"
 
@@ -80,8 +81,9 @@ def main(argv=None) -> int:
     # 1. fine-tune
     train = [py, REPO / "tools/train.py", CONFIG, "--work-dir", work]
     if args.iters:
-        train += ["--cfg-options", f"train_cfg.max_iters={args.iters}",
-                  f"param_scheduler.1.end={args.iters}"]
+        from uniseg.engine.launch import schedule_overrides
+
+        train += ["--cfg-options", *schedule_overrides(args.iters)]
     if args.resume:
         train += ["--resume"]
     _run("1/3 fine-tune the tiny UNI + ViT-Adapter + Mask2Former on data/ihc (CPU)", train)

@@ -9,7 +9,9 @@ Runs offline on data/nuclei (one fluorescence image of nuclei with expert instan
    seed and optimizer, on the same three quadrants;
 2. ``tools/test.py`` scores each final checkpoint on the held-out quadrant with the same
    ``CellInstanceMetric`` (the instance model's scored masks; the semantic model's connected components);
-3. the two rows are printed side by side: bPQ, bDQ, bSQ, F1_d and the object counts.
+3. the two rows are printed side by side: bPQ, bDQ, bSQ, F1_d and the object counts;
+4. ``tools/infer.py`` runs the instance model over the held-out image as it would over a slide and exports
+   one object per nucleus: QuPath detections (GeoJSON), a per-cell table (CSV) and a cell-id TIFF.
 
 The final checkpoints are scored, never the best on validation: in data/nuclei the validation quadrant
 is the test quadrant, and choosing a checkpoint on it would tune on the held-out data.
@@ -17,6 +19,7 @@ is the test quadrant, and choosing a checkpoint on it would tune on the held-out
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -61,12 +64,27 @@ def train_and_test(name: str, config: Path, work: Path, iters) -> dict:
     py = sys.executable
     train = [py, REPO / "tools/train.py", config, "--work-dir", work]
     if iters:
-        train += ["--cfg-options", f"train_cfg.max_iters={iters}", f"param_scheduler.1.end={iters}"]
+        from uniseg.engine.launch import schedule_overrides
+
+        train += ["--cfg-options", *schedule_overrides(iters)]
     _run(f"train the {name} model on the training quadrants", train)
     checkpoint = Path((work / "last_checkpoint").read_text().strip())
     out = _run(f"score the {name} model on the held-out quadrant",
                [py, REPO / "tools/test.py", config, checkpoint, "--work-dir", work / "test"])
     return dict(parse_cell_summary(out, f"{name} model ({config.name})"), checkpoint=checkpoint)
+
+
+def export_cells(checkpoint: Path, stems: list, out: Path) -> dict:
+    """Whole-slide cell inference on the held-out image(s): the outputs a pathologist opens in QuPath."""
+    images = [DATA / "images" / f"{stem}.png" for stem in stems]
+    _run("export the held-out image's nuclei as objects (QuPath detections, table, cell-id TIFF)",
+         [sys.executable, REPO / "tools/infer.py", INSTANCE_CONFIG, checkpoint, *images, "--out", out,
+          "--formats", "geojson", "csv", "tiff", "--no-progress"])
+    cells = 0
+    for stem in stems:
+        summary = json.loads((out / f"{stem}_cells_summary.json").read_text())
+        cells += summary["cells"]
+    return dict(cells=cells, folder=out)
 
 
 def held_out_facts(stems: list) -> dict:
@@ -134,6 +152,7 @@ def main(argv=None) -> int:
     rows = {"instance (Mask2Former, one mask per nucleus)": instance,
             "semantic (connected components of nucleus)": semantic}
     facts = held_out_facts(held_out.split(", "))
+    exported = export_cells(instance["checkpoint"], held_out.split(", "), work / "cells")
     better = "instance" if instance["bPQ"] > semantic["bPQ"] else "semantic"
     text = "\n".join([
         report(rows, held_out), "",
@@ -141,7 +160,11 @@ def main(argv=None) -> int:
         f"{semantic['bPQ']:.2f} semantic).",
         f"{facts['touching']} of its {facts['total']} nuclei touch another nucleus; connected components of the "
         f"true nucleus mask (no pixel wrong) give {facts['objects']} objects, bPQ {facts['bPQ']:.2f}, "
-        f"F1_d {facts['F1_d']:.2f}: the ceiling of a semantic model that labels every pixel right.", "", CAVEATS])
+        f"F1_d {facts['F1_d']:.2f}: the ceiling of a semantic model that labels every pixel right.",
+        f"tools/infer.py exported {exported['cells']} nuclei of the held-out image as objects to "
+        f"{exported['folder']}/ (QuPath detections *_cells.geojson, table *_cells.csv, cell ids *_cells.tif); "
+        f"tools/test.py counted {instance['pred']} with the same score threshold.",
+        "", CAVEATS])
     print("\n" + text)
     from uniseg.utils.atomic import atomic_output
 

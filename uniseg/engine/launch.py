@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 __all__ = ["add_launch_args", "build_runner", "build_runner_config", "init_distributed", "parse_cfg_options",
-           "resolve_amp_dtype"]
+           "resolve_amp_dtype", "schedule_overrides"]
 
 parse_cfg_options = DictAction
 
@@ -114,3 +114,16 @@ def build_runner(cfg: Config):
     if "runner_type" in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def schedule_overrides(iters: int, warmup: int = 50) -> list:
+    """``--cfg-options`` that shorten a warm-up + poly schedule (the demo configs') to ``iters`` iterations.
+
+    The warm-up keeps its length but never takes more than half the run, so a short smoke run
+    (``--iters 4``) still has a valid schedule (mmengine refuses a scheduler whose end precedes its begin).
+    """
+    if iters < 2:
+        raise ValueError(f"--iters must be at least 2, got {iters}")
+    warm = min(warmup, iters // 2)
+    return [f"train_cfg.max_iters={iters}", f"param_scheduler.0.end={warm}", f"param_scheduler.1.begin={warm}",
+            f"param_scheduler.1.end={iters}"]
