@@ -153,7 +153,7 @@ def test_clear_errors_name_the_image():
         metric.process(None, [small_gt])
     no_gt = det_sample("nogt.png")
     del no_gt.gt_instances
-    with pytest.raises(KeyError, match="nogt.png.*with_mask=True"):
+    with pytest.raises(KeyError, match="nogt.png.*with_masks=True.*gt_source=.instance_map."):
         metric.process(None, [no_gt])
     one_class = CellInstanceMetric()
     one_class.dataset_meta = dict(classes=("tumour",))

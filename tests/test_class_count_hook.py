@@ -106,3 +106,57 @@ def test_registered_and_enabled_in_the_default_runtime() -> None:
     assert isinstance(HOOKS.build(dict(type="ClassCountCheckHook")), ClassCountCheckHook)
     runtime = Config.fromfile(str(REPO / "configs" / "_base_" / "default_runtime.py"))
     assert dict(type="ClassCountCheckHook") in runtime.custom_hooks
+
+
+class _Detector(nn.Module):
+    """mmdet's Mask2Former: one panoptic_head whose num_classes is num_things + num_stuff."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.panoptic_head = _Head(num_classes)
+
+
+def _instance_loop(classes, semantic_classes, root="/data/pannuke"):
+    metainfo = dict(classes=classes, semantic_classes=semantic_classes)
+    return SimpleNamespace(dataloader=SimpleNamespace(dataset=SimpleNamespace(metainfo=metainfo, data_root=root)))
+
+
+PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
+
+
+def test_instance_detector_is_checked_against_the_cell_classes() -> None:
+    loop = _instance_loop(PANNUKE_TYPES, ("background",) + PANNUKE_TYPES)
+    with pytest.raises(ValueError, match=r"model.panoptic_head.num_classes is 1 but the train dataset .* has 5 "
+                                         r"classes \('neoplastic'"):
+        ClassCountCheckHook().before_train(_runner(_Detector(1), train=loop))
+    runner = _runner(_Detector(5), train=loop, test=loop)  # 5 cell types, background is not an object class
+    ClassCountCheckHook().before_train(runner)
+    assert runner.logger.warnings == []
+
+
+def test_semantic_model_scored_as_cells_is_checked_against_the_semantic_classes() -> None:
+    """The nuclei demo's semantic twin (background, nucleus) is validated on the instance dataset (classes:
+    nucleus): its head predicts the semantic classes, which is no mismatch."""
+    loop = _instance_loop(("nucleus",), ("background", "nucleus"))
+    runner = _runner(_Segmentor(2), train=_loop(classes=("background", "nucleus")), val=loop)
+    ClassCountCheckHook().before_train(runner)
+    assert runner.logger.warnings == []
+    with pytest.raises(ValueError, match="decode_head.num_classes is 1 but the val dataset"):
+        ClassCountCheckHook().before_val(_runner(_Segmentor(1), val=loop))
+
+
+def test_real_instance_head_of_the_tiny_config_is_checked() -> None:
+    """mmdet's own Mask2FormerHead, built from the tiny instance config, not only the fakes above."""
+    import uniseg  # noqa: F401  (registers the pixel decoder the head builds)
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+
+    cfg = Config.fromfile(str(REPO / "configs/uni/mask2former_uni-tiny-adapter_1xb2-800_nuclei-instance-256x256.py"))
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        head = MODELS.build(cfg.model.panoptic_head)
+    model = nn.Module()
+    model.panoptic_head = head
+    loop = _instance_loop(("nucleus",), ("background", "nucleus"))
+    ClassCountCheckHook().before_train(_runner(model, train=loop))  # the demo's one cell class: fine
+    with pytest.raises(ValueError, match="panoptic_head.num_classes is 1 but the test dataset .* has 5 classes"):
+        ClassCountCheckHook().before_test(_runner(model, test=_instance_loop(PANNUKE_TYPES, None)))

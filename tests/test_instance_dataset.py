@@ -318,6 +318,51 @@ def test_targets_detect_maps_moved_differently(layout: Path) -> None:
         InstanceMapToTargets()(results)
 
 
+@pytest.mark.parametrize("transform, moved", [
+    (dict(type="Resize", scale=(56, 48), keep_ratio=False), "one map without the other"),
+    (dict(type="RandomResize", scale=(56, 48), ratio_range=(1.5, 1.5), keep_ratio=True), "one map without the other"),
+    (dict(type="RandomFlip", prob=1.0, direction="horizontal"), None),
+])
+def test_mmdet_scoped_transforms_that_move_the_class_mask_alone_are_refused(layout: Path, transform, moved) -> None:
+    """In an mmdet-scoped config the bare names are mmdet's, which move gt_seg_map only: never silence."""
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadInstanceAnnotations"), transform,
+                dict(type="InstanceMapToTargets")]
+    with det_scope():
+        ds = build(layout, pipeline=pipeline)
+        with pytest.raises(InstanceAnnotationError) as error:
+            ds[0]
+    if moved:  # sizes differ: named as such, with the transforms that do it and the ones to use instead
+        assert f"moved {moved}" in str(error.value) and "use mmseg.Resize, mmseg.RandomFlip" in str(error.value)
+    else:  # a flip keeps the sizes: the content check (object on two classes, or cell pixels without object)
+        assert "(after augmentation)" in str(error.value)
+    mmseg_twin = dict(transform, type="mmseg." + transform["type"])
+    if transform["type"] == "RandomResize":
+        mmseg_twin = dict(transform, resize_type="mmseg.Resize")
+    with det_scope():
+        ok = build(layout, pipeline=pipeline[:2] + [mmseg_twin] + pipeline[3:])[0]
+    assert ok["gt_masks"].masks.shape[1:] == ok["img"].shape[:2]
+
+
+def test_an_image_resized_after_the_maps_were_loaded_is_refused(layout: Path) -> None:
+    """Test pipelines load the maps after resampling (ground truth at the original size); resizing the image
+    once the maps are loaded would leave the ground truth where the prediction is not."""
+    import cv2
+
+    with det_scope():
+        ds = build(layout, pipeline=[dict(type="LoadImageFromFile"), dict(type="mmseg.ResampleToMPP", target_mpp=0.5),
+                                     dict(type="LoadInstanceAnnotations")])
+    results = ds[0]
+    test_targets = InstanceMapToTargets(with_masks=False, keep_instance_map=True)
+    assert test_targets(dict(results))["gt_instance_ids"].shape == (96, 112)  # image 48x56: as loaded, fine
+    results["img"] = cv2.resize(results["img"], (28, 24))
+    with pytest.raises(InstanceAnnotationError, match=r"maps are 112x96 px but the image is 28x24 px: a transform "
+                                                      r"between LoadInstanceAnnotations and InstanceMapToTargets "
+                                                      r"moved the image without the maps"):
+        test_targets(dict(results))
+    with pytest.raises(InstanceAnnotationError, match="training targets must lie on the image"):
+        InstanceMapToTargets()(dict(results))
+
+
 def test_crop_keeps_partial_objects_and_drops_missing_ones(layout: Path) -> None:
     ids, semantic = synthetic_annotation()
     results = LoadInstanceAnnotations()(dict(build(layout).get_data_info(0)))

@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 LEAVES = sorted((REPO / "configs" / "uni").glob("*-instance-*.py"))
@@ -179,7 +180,7 @@ def test_tiny_instance_model_trains_and_predicts_full_size_masks(demo_cfg):
         (sample,) = model(**data, mode="predict")
     masks = sample.pred_instances.masks
     assert tuple(masks.shape) == (demo_cfg.model.test_cfg.max_per_image, 256, 256)
-    assert tuple(sample.gt_instances.masks.to_ndarray().shape[1:]) == (256, 256)
+    assert tuple(sample.gt_instance_map.ids.shape) == (1, 256, 256) and "masks" not in sample.gt_instances
     scores = sample.pred_instances.scores
     assert ((scores >= 0) & (scores <= 1)).all() and (sample.pred_instances.labels == 0).all()
 
@@ -366,9 +367,11 @@ def test_train_and_test_tools_run_the_instance_config(tmp_path):
     assert "Iter(train) [4/4]" in log and "cell/bPQ" in log
     checkpoint = work / "iter_4.pth"
     assert checkpoint.is_file() and (work / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
+    out, show = tmp_path / "cells", tmp_path / "show"
     test = [sys.executable, str(REPO / "tools/test.py"), str(DEMO), str(checkpoint), "--work-dir",
-            str(tmp_path / "test"), "--cfg-options", "test_dataloader.num_workers=0",
-            "test_dataloader.persistent_workers=False"]
+            str(tmp_path / "test"), "--out", str(out), "--show-dir", str(show), "--cfg-options",
+            "test_dataloader.num_workers=0", "test_dataloader.persistent_workers=False",
+            "test_evaluator.score_thr=0.0"]  # a 4-iteration model is unsure: keep its cells so the files have rows
     proc = subprocess.run(test, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -376,6 +379,15 @@ def test_train_and_test_tools_run_the_instance_config(tmp_path):
                         r"objects_pred (\d+)", log)
     assert summary, log[-3000:]
     assert int(summary.group(6)) == 35  # the held-out quadrant's nuclei
+    # --out: the scored cells of the one test image, as an id PNG and a table of the same cells
+    predicted = int(summary.group(7))
+    assert predicted > 0
+    ids = np.asarray(Image.open(out / "nuclei_tl.png"))
+    assert ids.shape == (256, 256) and len(np.unique(ids[ids > 0])) == predicted == int(ids.max())
+    rows = (out / "nuclei_tl_cells.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + predicted
+    # --show-dir: the config's DetVisualizationHook drew the test image
+    assert len(list(show.rglob("*.png"))) == 1, sorted(show.rglob("*"))
 
 
 def test_print_summary_reports_cell_and_pixel_metrics(capsys):

@@ -21,7 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="checkpoint file (from tools/train.py)")
     parser.add_argument("--work-dir", help="folder for the evaluation log and metrics")
     parser.add_argument("--show-dir", help="save prediction overlays (image | ground truth | prediction) here")
-    parser.add_argument("--out", help="save predicted label masks (PNG) here")
+    parser.add_argument("--out", help="save predictions here: label masks (PNG); for cell metrics each image's "
+                        "cell ids (16-bit PNG) and cell table (<stem>_cells.csv)")
     add_launch_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -40,11 +41,16 @@ def main(argv=None) -> None:
     cfg.setdefault("runner_type", "UnisegRunner")  # verified, strict loading even for configs from elsewhere
     cfg.load_from_strict = True  # metrics of a model the checkpoint does not fit are never printed
     if args.show_dir:
-        cfg.default_hooks.visualization.update(type="SegVisualizationHook", draw=True, interval=1)
+        # the config's own hook: SegVisualizationHook for segmentors, DetVisualizationHook for cell detectors
+        visualization = cfg.default_hooks.setdefault("visualization", dict(type="SegVisualizationHook"))
+        visualization.update(draw=True, interval=1)
         cfg.visualizer.save_dir = args.show_dir  # LocalVisBackend writes <show_dir>/vis_data/vis_image/*.png
     if args.out:
+        # IoUMetric writes label PNGs (keep_results: from the predictions, not reduced to a format); CellInstanceMetric
+        # writes each image's cells (id PNG + cell table)
         cfg.test_evaluator["output_dir"] = args.out
-        cfg.test_evaluator["keep_results"] = True
+        if "CellInstanceMetric" not in str(cfg.test_evaluator.get("type")):
+            cfg.test_evaluator["keep_results"] = True
     if args.amp:
         # mmengine's TestLoop autocasts to the device's default low precision: fp16 on GPUs, bf16 on CPUs.
         cfg.setdefault("test_cfg", dict(type="TestLoop"))

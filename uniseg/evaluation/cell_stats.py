@@ -47,6 +47,15 @@ FN_c = truly c but predicted another class; FP_d,c / FN_d,c = unpaired predictio
 objects of class c. (HoVer-Net's ``w = [2, 2, 1, 1]``; its ``TN_c`` term is always 0 among the
 samples it keeps, so it is left out.) HoVer-Net inserts a dummy object at (0, 0) into an image
 without objects; that artefact is not reproduced: an empty image contributes its real counts.
+
+Unknown ground truth (not in the reference scripts, whose datasets have none). Annotations may mark
+pixels as unknown (the ignore index of ``masks/``) and objects as *ignored* (all their pixels
+unknown, so no class). Ignored objects are not ground truth: they are neither matched nor missed.
+A predicted object more than half of whose pixels lie on unknown pixels (ignore-index pixels and
+ignored objects) is taken out before matching (:func:`drop_predictions_on_unknown`): it is not
+counted as a false positive for finding something nobody annotated, nor as a true positive. Every
+other predicted object is scored with all its pixels, so the scores of annotations without unknown
+pixels are exactly those of the references.
 """
 from __future__ import annotations
 
@@ -62,10 +71,12 @@ from uniseg.structures import InstanceMap, instance_properties, relabel_dense
 __all__ = [
     "MATCH_IOU", "HOVERNET_PAIR_RADIUS_PX", "IoUMatching", "CellImageStats", "CellSummary",
     "match_instances", "pair_centroids", "image_cell_stats", "summarize_cell_stats", "pq_from_counts",
+    "drop_predictions_on_unknown", "UNKNOWN_FRACTION",
 ]
 
 MATCH_IOU = 0.5
 HOVERNET_PAIR_RADIUS_PX = 12.0  # HoVer-Net's compute_stats.py, on 40x (about 0.25 um/px) images: about 3 um
+UNKNOWN_FRACTION = 0.5  # a prediction more than half on unknown pixels is not scored
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,27 @@ def _present_objects(instances: InstanceMap) -> Tuple[np.ndarray, np.ndarray]:
         return instances.ids, instances.labels
     dense, old = relabel_dense(instances.ids)
     return dense, instances.labels[old - 1]
+
+
+def drop_predictions_on_unknown(pred: InstanceMap, unknown: Optional[np.ndarray],
+                                fraction: float = UNKNOWN_FRACTION) -> InstanceMap:
+    """``pred`` without the objects of which more than ``fraction`` of the pixels are unknown (see the
+    module docstring); the others keep their order, ids ``1..m``. ``unknown=None``: ``pred`` itself."""
+    if unknown is None or pred.num_instances == 0:
+        return pred
+    unknown = np.asarray(unknown, bool)
+    if unknown.shape != pred.ids.shape:
+        raise ValueError(f"drop_predictions_on_unknown: unknown-pixel mask {unknown.shape} and prediction "
+                         f"{pred.ids.shape} differ in size")
+    n = pred.num_instances
+    areas = np.bincount(pred.ids.ravel(), minlength=n + 1)[1:]
+    on_unknown = np.bincount(pred.ids[unknown], minlength=n + 1)[1:]
+    keep = ~(on_unknown > fraction * areas)
+    if keep.all():
+        return pred
+    new_id = np.zeros(n + 1, np.int32)
+    new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return InstanceMap(new_id[pred.ids], pred.labels[keep], pred.scores[keep])
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:

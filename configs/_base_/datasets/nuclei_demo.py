@@ -21,7 +21,7 @@ train_pipeline = [
 cell_test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='mmdet.LoadInstanceAnnotations'),
-    dict(type='mmdet.InstanceMapToTargets'),
+    dict(type='mmdet.InstanceMapToTargets', with_masks=False, keep_instance_map=True),
     dict(type='mmdet.PackInstanceInputs'),
 ]
 cell_dataset = dict(
@@ -38,6 +38,6 @@ val_dataloader = dict(dataset=dict(_delete_=True, ann_file='splits/val.txt', **c
 test_dataloader = dict(dataset=dict(_delete_=True, ann_file='splits/test.txt', **cell_dataset))
 
 # The semantic class 'nucleus' (value 1) is the cell class; 12 px pairing radius as in nuclei_demo_instance.py.
-val_evaluator = dict(_delete_=True, type='CellInstanceMetric', pred_source='semantic', gt_source='instances',
+val_evaluator = dict(_delete_=True, type='CellInstanceMetric', pred_source='semantic', gt_source='instance_map',
                      classes=['nucleus'], semantic_thing_classes=[1], pair_radius=12)
 test_evaluator = val_evaluator

@@ -21,7 +21,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadInstanceAnnotations'),
-    dict(type='InstanceMapToTargets'),
+    dict(type='InstanceMapToTargets', with_masks=False, keep_instance_map=True),  # one id map, no mask stack
     dict(type='PackInstanceInputs'),
 ]
 

@@ -23,13 +23,14 @@ train_pipeline = [
     dict(type='InstanceMapToTargets'),
     dict(type='PackInstanceInputs'),
 ]
-# The ground truth is made at the source resolution before the image is resampled (ResampleToMPP moves the
-# image and seg maps, not the finished gt_masks), which is where Mask2Former returns its masks (ori_shape).
+# The image is resampled to the working resolution; the annotations are loaded afterwards, so the ground
+# truth stays at the source resolution, where the model returns its predictions (ori_shape). It is packed as
+# one id map plus a label per object (gt_instance_map), not as an (n, H, W) mask stack.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='ResampleToMPP', target_mpp=working_mpp),
     dict(type='LoadInstanceAnnotations'),
-    dict(type='InstanceMapToTargets'),
-    dict(type='ResampleToMPP', target_mpp=working_mpp),  # the image only: the targets are made already
+    dict(type='InstanceMapToTargets', with_masks=False, keep_instance_map=True),
     dict(type='PackInstanceInputs'),
 ]
 

@@ -1,17 +1,26 @@
 """Pipeline transforms for cells as objects: instance maps in, mmdet ground truth out.
 
 An instance pipeline carries the class mask and the instance map as two *seg fields* until the last
-geometric transform, so every transform that handles label maps -- uniseg's ``ResampleToMPP`` and
-``Albumentations``, mmseg's ``RandomCrop``, ``RandomFlip``, ``RandomRotate``, ``Resize`` -- moves both
-with nearest interpolation and the same parameters. Only then are the objects turned into what
-mmdet's Mask2Former trains on (one bitmap, box and label per object), so crops that cut an object
-keep its visible part and crops that miss it drop it, with no per-object bookkeeping in between.
+geometric transform, and only transforms that move *every* seg field, with nearest interpolation and
+the same parameters, may come in between. Only then are the objects turned into what mmdet's
+Mask2Former trains on (one bitmap, box and label per object), so crops that cut an object keep its
+visible part and crops that miss it drop it, with no per-object bookkeeping in between.
+
+Which transforms move every seg field (measured with mmcv 2.1, mmseg 1.2.2, mmdet 3.3): uniseg's
+``ResampleToMPP`` and ``Albumentations``; mmseg's ``RandomCrop``, ``RandomRotate``, ``RandomFlip``
+and ``Resize``. The instance configs are mmdet-scoped, where the bare names ``Resize``,
+``RandomFlip`` and ``RandomCrop`` are mmdet's and ``RandomResize`` builds mmdet's ``Resize``: those
+move ``gt_seg_map`` alone and would separate the class mask from the instance map, so write
+``mmseg.Resize``, ``mmseg.RandomFlip``, ``mmseg.RandomCrop`` there (mmcv's ``RandomResize`` with
+``resize_type='mmseg.Resize'``). A transform that separates them is an error, not silence:
+:class:`InstanceMapToTargets` refuses maps of different sizes, or of a size the image no longer has,
+and checks their content again (each object on one class, every cell pixel in an object), which
+catches a flip or shift of one map without the other.
 
 Padding: those transforms pad label maps with the ignore index (255). So that padding never becomes
 an object, :class:`LoadInstanceAnnotations` renumbers objects ``1..n`` skipping ``pad_id`` (255) and
 :class:`InstanceMapToTargets` reads ``pad_id`` as "no object". The class mask is padded with 255
-(ignore) at the same pixels, so the two maps stay consistent, and this is checked again after
-augmentation.
+(ignore) at the same pixels, so the two maps stay consistent.
 
 A training pipeline (mmdet-scoped config, ``default_scope='mmdet'``)::
 
@@ -31,6 +40,10 @@ at the original resolution, where Mask2Former's predictions are returned::
     dict(type='LoadInstanceAnnotations'),
     dict(type='InstanceMapToTargets', with_masks=False, keep_instance_map=True),
     dict(type='PackInstanceInputs'),
+
+which packs the ground truth as one id map (``gt_instance_map``) and one label per object, the form
+``CellInstanceMetric(gt_source='instance_map')`` reads, rather than an (n, H, W) mask stack (a
+1000x1000 CoNSeP tile with 700 nuclei would need 700 MB of masks).
 """
 from __future__ import annotations
 
@@ -86,7 +99,8 @@ class LoadInstanceAnnotations(BaseTransform):
     Required keys: ``seg_map_path``, ``inst_map_path``, ``thing_labels`` (class index -> detector
     label; set by :class:`~uniseg.datasets.HistologyInstanceDataset`). Added keys: ``gt_seg_map``
     (uint8 classes), ``gt_instance_map`` (uint16, objects ``1..n`` renumbered to skip ``pad_id``),
-    ``instance_pad_id``, ``ignore_index``; both maps are appended to ``seg_fields``.
+    ``instance_pad_id``, ``ignore_index``, ``instance_load_img_shape`` (the image's size when the maps
+    were loaded, for :class:`InstanceMapToTargets`' size check); both maps are appended to ``seg_fields``.
 
     Args:
         pad_id: Id never given to an object, so that label-map padding (255 in uniseg's and mmseg's
@@ -118,6 +132,8 @@ class LoadInstanceAnnotations(BaseTransform):
         results[INSTANCE_KEY] = _renumber_skipping(ann.instances.ids, self.pad_id)
         results["instance_pad_id"] = self.pad_id
         results["ignore_index"] = ignore_index
+        if results.get("img") is not None:
+            results["instance_load_img_shape"] = tuple(results["img"].shape[:2])
         fields = results.setdefault("seg_fields", [])
         for key in (CLASS_KEY, INSTANCE_KEY):
             if key not in fields:
@@ -171,12 +187,9 @@ class InstanceMapToTargets(BaseTransform):
             ids[ids == int(pad_id)] = 0
         semantic = np.asarray(results[CLASS_KEY])
         ignore_index = int(results.get("ignore_index", 255))
+        self._check_sizes(results, semantic.shape[:2], ids.shape[:2], where)
         ann = parse_instance_annotation(ids, semantic, results["thing_labels"], ignore_index,
                                         where=f"{where} (after augmentation)")
-        if self.with_masks and "img" in results and results["img"].shape[:2] != semantic.shape:
-            raise ValueError(f"InstanceMapToTargets: {where}: the maps are {semantic.shape} but the image is "
-                             f"{results['img'].shape[:2]}; in a training pipeline load the annotations before any "
-                             f"resizing (only test pipelines load them afterwards, at the original size)")
         dense, labels, ignored = ann.instances.ids, ann.instances.labels, ann.ignored
         n = len(labels)
         areas = np.bincount(dense.ravel(), minlength=n + 1)[1:]
@@ -204,6 +217,33 @@ class InstanceMapToTargets(BaseTransform):
             results.pop(key, None)
         results["seg_fields"] = [k for k in results.get("seg_fields", []) if k not in (CLASS_KEY, INSTANCE_KEY)]
         return results
+
+    def _check_sizes(self, results: Dict[str, Any], class_shape, ids_shape, where: str) -> None:
+        """The two maps have one size, and it is the image's, unless the image was resized before the
+        maps were loaded and not since (a test pipeline: ground truth at the original size)."""
+        culprit = ("a transform between LoadInstanceAnnotations and InstanceMapToTargets moved {what} (in an "
+                   "mmdet-scoped config the bare Resize, RandomResize, RandomFlip and RandomCrop are mmdet's and "
+                   "move gt_seg_map alone: use mmseg.Resize, mmseg.RandomFlip, mmseg.RandomCrop)")
+        if tuple(class_shape) != tuple(ids_shape):
+            raise InstanceAnnotationError(
+                f"InstanceMapToTargets: {where}: the class mask is {class_shape[1]}x{class_shape[0]} px but the "
+                f"instance map {ids_shape[1]}x{ids_shape[0]} px: " + culprit.format(what="one map without the other"))
+        if results.get("img") is None:
+            return
+        image = tuple(results["img"].shape[:2])
+        if image == tuple(ids_shape):
+            return
+        if self.with_masks:
+            raise InstanceAnnotationError(
+                f"InstanceMapToTargets: {where}: the maps are {ids_shape[1]}x{ids_shape[0]} px but the image is "
+                f"{image[1]}x{image[0]} px; training targets must lie on the image: load the annotations before "
+                f"any resizing (only test pipelines load them afterwards, at the original size, with "
+                f"with_masks=False)")
+        at_load = results.get("instance_load_img_shape")
+        if at_load is None or tuple(at_load) != image:
+            raise InstanceAnnotationError(
+                f"InstanceMapToTargets: {where}: the maps are {ids_shape[1]}x{ids_shape[0]} px but the image is "
+                f"{image[1]}x{image[0]} px: " + culprit.format(what="the image without the maps"))
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(with_masks={self.with_masks}, keep_instance_map={self.keep_instance_map}, "

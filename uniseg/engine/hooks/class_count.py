@@ -7,6 +7,13 @@ exit 0); under ``tools/test.py`` it scores a model that can never predict those 
 That is an error, raised before the first iteration and naming both numbers. A head with *more* classes than the dataset trains and
 evaluates consistently (its extra classes are never targets, and predicting one counts against the
 true class), but it is almost always a config left over from another dataset: a warning.
+
+Which classes a head is compared with: a semantic head (``decode_head``, ``auxiliary_head``) predicts
+every class of the masks, so it is compared with ``semantic_classes`` where an instance dataset gives
+them (a semantic model scored as cells, such as the nuclei demo's twin) and ``classes`` otherwise; the
+head of an mmdet detector (``panoptic_head`` of Mask2Former, ``num_things_classes +
+num_stuff_classes``) predicts the dataset's ``classes``, which an instance dataset sets to the cell
+classes.
 """
 from __future__ import annotations
 
@@ -49,11 +56,12 @@ class ClassCountCheckHook(Hook):
         if dataset is None or id(dataset) in self._checked:
             return
         self._checked.add(id(dataset))
-        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
-        if not classes:
-            return
+        metainfo = getattr(dataset, "metainfo", None) or {}
         where = _describe(dataset)
-        for name, num_classes in _head_class_counts(runner.model):
+        for name, num_classes, predicts_semantic in _head_class_counts(runner.model):
+            classes = (predicts_semantic and metainfo.get("semantic_classes")) or metainfo.get("classes")
+            if not classes:
+                continue
             if num_classes < len(classes):
                 raise ValueError(
                     f"model.{name}.num_classes is {num_classes} but the {split} dataset ({where}) has "
@@ -77,13 +85,15 @@ def _describe(dataset) -> str:
     return f"{type(dataset).__name__} at {root}" if root else type(dataset).__name__
 
 
-def _head_class_counts(model) -> Iterator[Tuple[str, int]]:
-    """(config path, num_classes) of the decode head and every auxiliary head that has one."""
+def _head_class_counts(model) -> Iterator[Tuple[str, int, bool]]:
+    """(config path, num_classes, whether it predicts the semantic classes) of the decode head, every
+    auxiliary head and an mmdet detector's panoptic head, for those that have a class count."""
     if is_model_wrapper(model):  # DDP and other registered wrappers
         model = model.module
     if not hasattr(model, "decode_head") and hasattr(getattr(model, "module", None), "decode_head"):
         model = model.module  # test-time augmentation (SegTTAModel) holds the segmentor as .module
     heads = [("decode_head", getattr(model, "decode_head", None))]
+    panoptic = getattr(model, "panoptic_head", None)
     auxiliary = getattr(model, "auxiliary_head", None)
     if auxiliary is not None:
         if hasattr(auxiliary, "__iter__"):  # nn.ModuleList of several auxiliary heads
@@ -93,4 +103,7 @@ def _head_class_counts(model) -> Iterator[Tuple[str, int]]:
     for name, head in heads:
         num_classes = getattr(head, "num_classes", None)
         if isinstance(num_classes, int):
-            yield name, num_classes
+            yield name, num_classes, True
+    num_classes = getattr(panoptic, "num_classes", None)
+    if isinstance(num_classes, int):
+        yield "panoptic_head", num_classes, False
