@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -15,9 +18,21 @@ import uniseg.datasets  # noqa: F401  (registers HistologySegDataset)
 from mmseg.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-# every dataset file; histology_folder.py is the layout they share (no data_root, no pipelines)
-BASE_DATASETS = sorted(p for p in (REPO / "configs" / "_base_" / "datasets").glob("*.py")
-                       if p.stem != "histology_folder")
+
+
+def _semantic_bases():
+    """Every semantic dataset file: trained and scored as class masks (HistologySegDataset throughout).
+    histology_folder.py is the layout they share (no data_root, no pipelines); the instance bases and the
+    nuclei demo's semantic twin (scored as cells) are tested in test_instance_dataset.py."""
+    bases = []
+    for path in sorted((REPO / "configs" / "_base_" / "datasets").glob("*.py")):
+        cfg = Config.fromfile(str(path))
+        if path.stem != "histology_folder" and cfg.test_dataloader.dataset.get("type") == "HistologySegDataset":
+            bases.append(path)
+    return bases
+
+
+BASE_DATASETS = _semantic_bases()
 
 
 def write_layout(root: Path, splits: Dict[str, Sequence[str]], num_classes: int = 3, size=(40, 48),
@@ -449,11 +464,7 @@ def _e2e_config(tmp_path: Path, root: Path, num_classes: int = 3) -> Path:
     return path
 
 
-def _tool(tool: str, *args) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-
+def _tool(tool: str, *args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("LOCAL_RANK", None)
     return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], cwd=REPO, env=env,

@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from PIL import Image
@@ -457,6 +458,70 @@ def test_pipeline_built_from_an_mmdet_scoped_config(layout: Path) -> None:
         pipeline = Compose(EXACT_PIPELINE)
         assert [type(t).__name__ for t in pipeline.transforms][-2:] == ["InstanceMapToTargets", "PackInstanceInputs"]
         assert DET_TRANSFORMS.get("LoadInstanceAnnotations") is LoadInstanceAnnotations
+
+
+# ----------------------------------------------------------------------------- the instance base configs
+INSTANCE_BASES = sorted(p for p in (REPO / "configs" / "_base_" / "datasets").glob("*.py")
+                        if p.stem != "histology_instance_folder"
+                        and "HistologyInstanceDataset" in str(Config.fromfile(str(p)).test_dataloader.dataset.type))
+
+
+def write_cells(root: Path, stems: Dict[str, Sequence[str]], classes: Sequence[str], size: int) -> Path:
+    """A layout whose objects are squares of every thing class (class ``k`` of masks/ is thing ``k - 1``)."""
+    for folder in ("images", "masks", "instances", "splits"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, names in stems.items():
+        for stem in names:
+            ids = np.zeros((size, size), np.uint16)
+            semantic = np.zeros((size, size), np.uint8)
+            k = 0
+            for top in range(4, size - 12, 24):
+                for left in range(4, size - 12, 24):
+                    k += 1
+                    ids[top:top + 10, left:left + 10] = k
+                    semantic[top:top + 10, left:left + 10] = 1 + k % (len(classes) - 1)
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+            Image.fromarray(semantic).save(root / "masks" / f"{stem}.png")
+            Image.fromarray(ids).save(root / "instances" / f"{stem}.png")
+        (root / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s in names))
+    (root / "meta.json").write_text(json.dumps({"classes": list(classes)}))
+    return root
+
+
+@pytest.mark.parametrize("config", INSTANCE_BASES, ids=lambda p: p.stem)
+def test_instance_base_configs_build_and_pack_samples(config: Path, tmp_path: Path) -> None:
+    """Each instance base (and the semantic twin's cell evaluation): training samples carry one mask per
+    object on the crop; test samples the ground truth as one id map at the source size, no mask stack."""
+    cfg = Config.fromfile(str(config))
+    cell_classes = tuple(cfg.test_dataloader.dataset.metainfo["classes"])
+    factor = cfg.mpp / cfg.working_mpp if cfg.get("mpp") and cfg.get("working_mpp") else 1.0
+    size = int(round(max(cfg.crop_size) / factor)) + 24
+    root = write_cells(tmp_path / "ds", {"train": ["a"], "val": ["b"], "test": ["c"]},
+                       ("background",) + cell_classes, size)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset_cfg = cfg[loader].dataset.copy()
+        dataset_cfg.data_root = str(root)
+        if dataset_cfg.type == "HistologySegDataset":  # the semantic twin trains on class masks
+            sample = SEG_DATASETS.build(dataset_cfg)[0]["data_samples"]
+            assert set(np.unique(sample.gt_sem_seg.data.numpy()).tolist()) <= set(range(1 + len(cell_classes)))
+            continue
+        with det_scope():
+            dataset = DET_DATASETS.build(dataset_cfg)
+            packed = dataset[0]
+        assert dataset.metainfo["classes"] == cell_classes
+        sample = packed["data_samples"]
+        if loader == "train_dataloader":
+            masks = sample.gt_instances.masks
+            assert masks.masks.shape[1:] == tuple(packed["inputs"].shape[1:])
+            assert len(masks) > 0 and set(sample.gt_instances.labels.tolist()) <= set(range(len(cell_classes)))
+        else:
+            ids = sample.gt_instance_map.ids
+            assert tuple(ids.shape) == (1, size, size) and sample.ori_shape == (size, size)
+            assert int(ids.max()) == len(sample.gt_instances.labels) > 0
+            assert "masks" not in sample.gt_instances
+            expected = tuple(int(round(size * factor)) for _ in range(2))
+            assert tuple(packed["inputs"].shape[1:]) == expected
 
 
 # ----------------------------------------------------------------------------- shipped data/nuclei
