@@ -151,7 +151,7 @@ def _random_segmentor(config: str, device: str):
     cfg.model.backbone.encoder_weights = None
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).to(device).eval()
-    classes, palette = _class_names(cfg, {}, config)
+    classes, palette = _class_names(cfg, {}, config, "semantic")
     test_cfg = cfg.model.test_cfg
     return Segmentor(model, classes, resolve_palette(classes, palette), tuple(test_cfg.crop_size),
                      tuple(test_cfg.stride), 0.5, config)
