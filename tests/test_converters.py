@@ -289,6 +289,9 @@ def test_pannuke_converts_folds_to_cell_type_masks(tmp_path: Path) -> None:
     source = np.load(src / "Fold 1" / "images" / "fold1" / "images.npy")[1]
     assert np.array_equal(read(out / "images" / "fold1_00001_Bile-duct.png"), np.rint(source).astype(np.uint8))
     assert meta["tissue_counts"] == {"Bile-duct": 3, "Breast": 3, "Head & Neck": 1}
+    tissue = meta["image_attributes"]["tissue"]
+    assert len(tissue) == 7 and tissue["fold1_00002_Head-Neck"] == "Head & Neck"  # the name, not the stem's
+    assert tissue["fold3_00001_Bile-duct"] == "Bile-duct"
     assert meta["folds"] == {"1": "train", "2": "val", "3": "test"}
 
 
@@ -343,6 +346,60 @@ def test_pannuke_writes_instances_beside_masks(tmp_path: Path) -> None:
     assert "thing_classes" not in json.loads((tmp_path / "semantic_only" / "meta.json").read_text())
     semantic_only = read(tmp_path / "semantic_only" / "masks" / f"{stems[0]}.png")
     assert np.array_equal(semantic_only, read(out / "masks" / f"{stems[0]}.png"))
+
+
+def test_pannuke_instance_config_averages_over_tissues(tmp_path: Path) -> None:
+    """The PanNuke instance base scores bPQ per tissue, then over tissues, as PanNuke's authors report it:
+    from the converter's tissues, through the dataset and the packed samples, to the metric."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from mmdet.registry import DATASETS, METRICS
+
+    src, out = make_pannuke(tmp_path / "pannuke"), tmp_path / "out"
+    convert_pannuke(src, out, train_folds=[2], val_folds=[], test_folds=[1, 3])
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs/_base_/datasets/pannuke_instance.py"))
+    dataset_cfg = cfg.test_dataloader.dataset.copy()
+    dataset_cfg.update(data_root=str(out), ann_file="splits/test.txt")
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        dataset = DATASETS.build(dataset_cfg)
+        metric = METRICS.build(cfg.test_evaluator)
+    metric.dataset_meta = dataset.metainfo
+    tissues = []
+    for i in range(len(dataset)):
+        sample = dataset[i]["data_samples"]
+        tissues.append(sample.tissue)
+        ids = sample.gt_instance_map.ids[0]
+        n = len(sample.gt_instances.labels)
+        perfect = sample.tissue != "Bile-duct"  # every nucleus exactly right, or none found
+        found = range(1, n + 1) if perfect else []
+        masks = torch.stack([ids == k for k in found]) if found else torch.zeros((0, *ids.shape), dtype=torch.bool)
+        labels = sample.gt_instances.labels if perfect else torch.zeros(0, dtype=torch.long)
+        result = sample.to_dict()
+        result["pred_instances"] = dict(masks=masks, labels=labels, scores=torch.ones(len(labels)))
+        metric.process(None, [result])
+    assert sorted(tissues) == ["Bile-duct", "Bile-duct", "Breast", "Breast", "Head & Neck"]
+    scores = metric.evaluate(len(dataset))
+    # per tissue: Breast 100, Bile-duct 0, Head & Neck 100 -> 66.67; over images it would be 3/5 = 60
+    assert scores["cell/bPQ"] == pytest.approx(200 / 3, abs=0.01)
+    assert scores["cell/mPQ"] == pytest.approx(200 / 3, abs=0.01)
+
+
+def test_instance_dataset_needs_every_listed_image_attribute(tmp_path: Path) -> None:
+    from mmengine.registry import DefaultScope
+
+    from mmdet.registry import DATASETS
+
+    src, out = make_pannuke(tmp_path / "pannuke"), tmp_path / "out"
+    convert_pannuke(src, out)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["image_attributes"]["tissue"]["fold3_00001_Bile-duct"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with DefaultScope.overwrite_default_scope("mmdet"), \
+            pytest.raises(ValueError, match=r"meta.json: image_attributes\['tissue'\] has no value for "
+                                            r"'fold3_00001_Bile-duct' \(listed in .*test.txt\)"):
+        DATASETS.build(dict(type="HistologyInstanceDataset", data_root=str(out), ann_file="splits/test.txt"))
 
 
 # -------------------------------------------------------------------------------------------- CoNSeP

@@ -23,6 +23,12 @@ learns the inconsistency silently:
 - an object whose pixels all lie under the ignore index has no known class: it is kept as an
   *ignored* object (mmdet's ``gt_ignore_flags``), neither a positive nor background.
 
+``meta.json["image_attributes"]`` (optional) gives each image named attributes,
+``{"tissue": {"<stem>": "Breast", ...}}``: every sample carries them (``results["tissue"]``) and
+:class:`~uniseg.datasets.transforms.PackInstanceInputs` packs them into the data sample, where an
+evaluator groups images by them (PanNuke's scores are averaged per tissue first). A listed image
+without a value is an error naming the stem.
+
 ``meta.json["thing_classes"]`` names the classes that come as objects, in the order of the detector's
 labels ``0..T-1``; without it every class but the first (``background`` in every uniseg converter)
 is a thing class. Non-thing classes other than background (e.g. a tissue region) are allowed; they
@@ -49,7 +55,7 @@ from .histology import META_FILE, _dataset_root, read_meta_json
 __all__ = [
     "HistologyInstanceDataset", "InstanceAnnotation", "InstanceAnnotationError", "INSTANCES_DIR",
     "MAX_INSTANCE_ID", "parse_instance_annotation", "read_instance_annotation", "read_instance_map",
-    "resolve_thing_classes", "thing_label_lookup",
+    "resolve_thing_classes", "thing_label_lookup", "read_image_attributes",
 ]
 
 INSTANCES_DIR = "instances"
@@ -223,6 +229,19 @@ def _image_size(path: str) -> tuple:
     return height, width
 
 
+IMAGE_ATTRIBUTES_KEY = "image_attributes"
+
+
+def read_image_attributes(meta: Optional[Dict[str, Any]], root: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """``meta.json["image_attributes"]``: attribute name -> {stem: value}, checked for shape."""
+    attributes = (meta or {}).get(IMAGE_ATTRIBUTES_KEY) or {}
+    where = osp.join(root, META_FILE) if root else META_FILE
+    if not isinstance(attributes, dict) or not all(isinstance(v, dict) for v in attributes.values()):
+        raise ValueError(f"{where}: '{IMAGE_ATTRIBUTES_KEY}' must map attribute names to {{stem: value}} objects, "
+                         f"e.g. {{\"tissue\": {{\"fold1_00000_Breast\": \"Breast\"}}}}")
+    return attributes
+
+
 @DATASETS.register_module()
 class HistologyInstanceDataset(BaseDetDataset):
     """Instance segmentation dataset in the uniseg histology instance layout (see the module docstring).
@@ -234,7 +253,8 @@ class HistologyInstanceDataset(BaseDetDataset):
 
     Every sample carries ``img_path``, ``seg_map_path``, ``inst_map_path``, ``thing_labels`` (class
     index -> detector label, for ``LoadInstanceAnnotations``), ``ignore_index``, ``mpp``, ``stem``,
-    ``height`` and ``width``.
+    ``height`` and ``width``, and each of meta.json's ``image_attributes`` (named in
+    ``image_attribute_keys``).
 
     Args:
         data_root: Dataset folder holding ``images/``, ``masks/``, ``instances/``, ``splits/``, ``meta.json``.
@@ -277,6 +297,8 @@ class HistologyInstanceDataset(BaseDetDataset):
         self.check_annotations = bool(check_annotations)
         resolved = resolve_thing_classes(metainfo, meta, root)
         resolved["mpp"] = self.mpp
+        self.image_attributes = read_image_attributes(meta, root)
+        self._meta_path = osp.join(root, META_FILE) if root else META_FILE
         missing = [k for k in ("img_path", "seg_map_path", "inst_map_path") if k not in data_prefix]
         if missing:
             raise ValueError(f"HistologyInstanceDataset: data_prefix needs {missing} (got {data_prefix})")
@@ -299,6 +321,12 @@ class HistologyInstanceDataset(BaseDetDataset):
         for img_id, stem in enumerate(stems):
             info: Dict[str, Any] = dict(img_id=img_id, stem=stem, mpp=self.mpp, ignore_index=self.ignore_index,
                                         thing_labels=thing_labels.tolist())
+            for name, values in self.image_attributes.items():
+                if stem not in values:
+                    raise ValueError(f"{self._meta_path}: image_attributes[{name!r}] has no value for {stem!r} "
+                                     f"(listed in {self.ann_file})")
+                info[name] = values[stem]
+            info["image_attribute_keys"] = tuple(self.image_attributes)
             for key, suffix in suffixes.items():
                 info[key] = osp.join(self.data_prefix[key], stem + suffix)
                 if not osp.isfile(info[key]):

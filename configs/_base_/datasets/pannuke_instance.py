@@ -41,7 +41,8 @@ val_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
 
 # Scored at the source resolution (0.25 um/px): objects pair for F1 within 12 px (3 um), HoVer-Net's radius at
-# 40x, so F1 is comparable with published PanNuke figures. bPQ/mPQ are image means over the whole test fold;
-# PanNuke's own protocol averages per tissue first (needs a per-sample tissue key; see group_key).
-val_evaluator = dict(pair_radius=12)
+# 40x, so F1 is comparable with published PanNuke figures. bPQ and mPQ follow PanNuke's protocol: averaged
+# over the images of each tissue, then over the tissues (the converter records each patch's tissue in
+# meta.json; group_key=None averages over all images instead).
+val_evaluator = dict(pair_radius=12, group_key='tissue')
 test_evaluator = val_evaluator

@@ -17,7 +17,9 @@ each fold folder. Arrays are memory-mapped, so a 4 GB float64 fold is never load
 Output: semantic nucleus-type masks -- background (0), neoplastic (1), inflammatory (2),
 connective (3), dead (4), epithelial (5) -- built from channels 0..4 (a pixel claimed by two channels,
 which happens rarely at instance borders, takes the later channel, the convention of the HoVer-Net
-PanNuke loader). Stems are ``fold<k>_<index>_<tissue>``; meta.json counts patches per tissue.
+PanNuke loader). Stems are ``fold<k>_<index>_<tissue>``; meta.json counts patches per tissue and
+records each patch's tissue (``image_attributes['tissue']``), which the instance dataset attaches to its
+samples so PanNuke's bPQ/mPQ can be averaged per tissue first, as its authors report them.
 
 With ``instances=True`` (the default) every nucleus also becomes an object in ``instances/<stem>.png``
 (the instance layout of :mod:`uniseg.datasets.instances`; thing classes: the five nucleus types).
@@ -170,6 +172,7 @@ def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (
 
     splits: Dict[str, List[str]] = {"train": [], "val": [], "test": []}
     tissues: Counter = Counter()
+    tissue_of: Dict[str, str] = {}  # stem -> tissue, for evaluations averaged per tissue (PanNuke's protocol)
     loaded = {}
     for fold in sorted(assignment):  # check every fold's files and shapes before writing anything
         paths = find_fold_files(src, fold)
@@ -195,6 +198,7 @@ def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (
                            source=f"{paths[1]}[{index}]", instances=objects)
                 splits[assignment[fold]].append(stem)
                 tissues[tissue] += 1
+                tissue_of[stem] = tissue
         return writer.finish(
             splits, mpp=PANNUKE_MPP,
             source=f"PanNuke (Gamper et al. 2019/2020) at {Path(src)}",
@@ -202,6 +206,7 @@ def convert_pannuke(src: PathLike, out: PathLike, train_folds: Sequence[int] = (
             folds={str(k): v for k, v in sorted(assignment.items())},
             split_rule="whole folds per split (default: the paper's train 1 / val 2 / test 3)",
             tissue_counts=dict(sorted(tissues.items())),
+            image_attributes={"tissue": tissue_of},
             **({"instance_rule": "one object per (channel, id) pair of masks.npy channels 0..4, numbered 1..n in "
                                  "channel order; later channels win contested pixels, as in masks/"}
                if instances else {}),

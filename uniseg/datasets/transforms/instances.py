@@ -257,7 +257,9 @@ class PackInstanceInputs(PackDetInputs):
     Adds ``data_sample.gt_instance_map``, a :class:`PixelData` with ``ids`` (1, H, W) int32 --
     ``k`` is ``gt_instances[k - 1]`` -- and ``ignore`` (1, H, W) bool, when the sample has
     ``gt_instance_ids`` (``InstanceMapToTargets(keep_instance_map=True)``). Its metainfo keys add
-    ``mpp``, ``resample_factor``, ``seg_map_path``, ``inst_map_path`` and ``stem`` to mmdet's.
+    ``mpp``, ``resample_factor``, ``seg_map_path``, ``inst_map_path`` and ``stem`` to mmdet's, and
+    the dataset's per-image attributes (``image_attribute_keys``, e.g. PanNuke's ``tissue``), which
+    evaluators group images by.
     """
 
     def __init__(self, meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
@@ -267,6 +269,9 @@ class PackInstanceInputs(PackDetInputs):
 
     def transform(self, results: Dict[str, Any]) -> Dict[str, Any]:
         packed = super().transform(results)
+        attributes = {key: results[key] for key in results.get("image_attribute_keys", ()) if key in results}
+        if attributes:
+            packed["data_samples"].set_metainfo(attributes)
         ids: Optional[np.ndarray] = results.get("gt_instance_ids")
         if ids is not None:
             import torch

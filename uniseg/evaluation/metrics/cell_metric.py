@@ -208,7 +208,9 @@ class CellInstanceMetric(BaseMetric):
             if self.group_key is not None:
                 if self.group_key not in sample:
                     raise KeyError(f"CellInstanceMetric: {image}: no '{self.group_key}' (group_key) in the data "
-                                   "sample; add it to the pipeline's meta_keys")
+                                   f"sample: give each image one in the dataset's meta.json (image_attributes: "
+                                   f"{{'{self.group_key}': {{stem: value}}}}, which the PanNuke converter writes; "
+                                   "re-run it for folders converted before) or set group_key=None")
                 group = sample[self.group_key]
             try:
                 stats = image_cell_stats(gt, pred, len(names), self.match_iou, self.pair_radius, group)
