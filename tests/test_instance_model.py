@@ -75,7 +75,9 @@ def test_instance_leaf_builds_with_its_dataset_classes(path):
     assert cfg.test_evaluator.type == "CellInstanceMetric" and cfg.test_evaluator.pred_source == "instances"
     tiny = "tiny" in cfg.model.backbone.encoder
     model = _build(cfg.model, device="cpu" if tiny else "meta")
-    assert type(model).__name__ == "Mask2Former"
+    from mmdet.models.detectors import Mask2Former
+
+    assert type(model).__name__ == "UniMask2Former" and isinstance(model, Mask2Former)  # mmdet's, plus slide tests
     assert model.panoptic_head.num_things_classes == len(things)
     assert model.panoptic_head.cls_embed.out_features == len(things) + 1  # + no-object
     assert model.panoptic_head.num_queries == head.num_queries
@@ -388,6 +390,17 @@ def test_train_and_test_tools_run_the_instance_config(tmp_path):
     assert len(rows) == 1 + predicted
     # --show-dir: the config's DetVisualizationHook drew the test image
     assert len(list(show.rglob("*.png"))) == 1, sorted(show.rglob("*"))
+
+    # the same checkpoint through sliding windows (as the CoNSeP config tests its large tiles): same ground truth
+    slide = test[:4] + ["--work-dir", str(tmp_path / "slide"), "--cfg-options", "test_dataloader.num_workers=0",
+                        "test_dataloader.persistent_workers=False", "test_evaluator.score_thr=0.0",
+                        "model.test_cfg.mode=slide", "model.test_cfg.crop_size=[128,128]",
+                        "model.test_cfg.stride=[96,96]", "model.test_cfg.score_thr=0.0"]
+    proc = subprocess.run(slide, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    windows = re.search(r"summary: bPQ (\S+) .* objects_gt (\d+)  objects_pred (\d+)", log)
+    assert windows and int(windows.group(2)) == 35 and int(windows.group(3)) > 0, log[-3000:]
 
 
 def test_print_summary_reports_cell_and_pixel_metrics(capsys):

@@ -77,11 +77,13 @@ class Mask2FormerCellPredictor:
         meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw), batch_input_shape=(ph, pw),
                     scale_factor=(1.0, 1.0))
         samples = [DetDataSample(metainfo=meta) for _ in range(b)]
+        # each window whole, also for a detector whose own test mode slides (UniMask2Former)
+        predict = getattr(self.model, "predict_whole", self.model.predict)
         if self.amp:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                results = self.model.predict(x, samples, rescale=False)
+                results = predict(x, samples, rescale=False)
         else:
-            results = self.model.predict(x, samples, rescale=False)
+            results = predict(x, samples, rescale=False)
         return [self._paint(result.pred_instances, (h, w)) for result in results]
 
     def _paint(self, instances, shape) -> InstanceMap:

@@ -5,9 +5,9 @@
 #
 # Training crops are 256 px at 0.5 um/px (128 um square, about 155 nuclei on average in CoNSeP; 200+ in
 # dense tumour), within the 300 queries of the instance model. A whole test tile is 500 px at 0.5 um/px and
-# holds about 590 nuclei on average: more than 300 queries can return, so whole-tile figures from
-# tools/test.py under-detect by construction; score CoNSeP on windows of the training size instead (tiled
-# instance inference, or test tiles cut to 512 px at the source resolution).
+# holds about 590 nuclei on average: more than 300 queries can return, so the CoNSeP model config predicts
+# test tiles by sliding windows of the training size (UniMask2Former, test_cfg.mode='slide'), as
+# tools/infer.py predicts slides; predicted whole, a tile would be under-detected by construction.
 
 _base_ = ['./histology_instance_folder.py']
 

@@ -30,7 +30,7 @@ data_preprocessor = dict(_delete_=True, **det_data_preprocessor)  # replaces the
 
 model = dict(
     _delete_=True,
-    type='Mask2Former',
+    type='UniMask2Former',  # mmdet's Mask2Former; test_cfg.mode='slide' predicts large images by windows
     data_preprocessor=det_data_preprocessor,
     backbone={{_base_.model.backbone}},
     panoptic_head=dict(
@@ -63,6 +63,7 @@ model = dict(
         init_cfg=None),
     train_cfg={{_base_.model.decode_head.train_cfg}},
     test_cfg=dict(
+        mode='whole',  # or 'slide' with crop_size and stride: images with more cells than queries
         panoptic_on=False,
         semantic_on=False,
         instance_on=True,

@@ -1,0 +1,3 @@
+from .sliding_mask2former import UniMask2Former
+
+__all__ = ["UniMask2Former"]
