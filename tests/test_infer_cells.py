@@ -334,6 +334,33 @@ def test_cell_and_mask_sets_of_one_image_live_side_by_side(tmp_path):
         "nuclei_br_summary.json"]
 
 
+def test_a_cell_set_never_replaces_the_mask_set_of_another_input_with_the_same_names(tmp_path):
+    """Masks of ``x_cells.png`` and cells of ``x.png`` share names (``x_cells_summary.json``, ``x_cells.geojson``):
+    the second run into the folder is refused for that input, and the first set stays as it was."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_infer_api import _segmentor
+
+    from uniseg.utils.atomic import OutputWriteError
+
+    shutil.copy(NUCLEI, tmp_path / "x_cells.png")
+    shutil.copy(NUCLEI, tmp_path / "x.png")
+    out = tmp_path / "out"
+    segment_file(_segmentor(), str(tmp_path / "x_cells.png"), str(out), formats=["png", "geojson"], progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["x_cells.geojson", "x_cells_mask.png", "x_cells_summary.json"]
+    with pytest.raises(OutputWriteError, match=r"x_cells_summary.json is the summary of the mask outputs of "
+                                               r".*x_cells.png; the cell outputs of this input have the same names"):
+        segment_file(_stand_in(), str(tmp_path / "x.png"), str(out), formats=["geojson", "csv"], progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the other way round as well
+    out2 = tmp_path / "out2"
+    segment_file(_stand_in(), str(tmp_path / "x.png"), str(out2), formats=["geojson"], progress=False)
+    with pytest.raises(OutputWriteError, match="is the summary of the cell outputs of .*x.png"):
+        segment_file(_segmentor(), str(tmp_path / "x_cells.png"), str(out2), formats=["png"], progress=False)
+
+
 _KILL_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})

@@ -309,6 +309,27 @@ def _earlier_outputs(out: Path, stem: str, keep: Sequence[Path], task: str) -> L
     return stale
 
 
+def _check_summary_owner(out: Path, stem: str, task: str, path: str) -> None:
+    """Refuse to replace a set of the other task whose names meet this one's.
+
+    A semantic input ``x_cells.png`` and a cell input ``x.png`` both name their summary (and GeoJSON)
+    ``x_cells*``: segmenting one after the other into one folder would replace the first set's
+    files with the second's. Re-running the same task replaces its own set, as documented.
+    """
+    summary_path = out / summary_name(stem, task)
+    try:
+        earlier = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return  # none, or unreadable: nothing to protect that can be told apart
+    earlier_task = earlier.get("task", "semantic") if isinstance(earlier, dict) else task
+    if earlier_task != task:
+        what = {"semantic": "mask", "cells": "cell"}
+        raise OutputWriteError(
+            f"{path}: {summary_path} is the summary of the {what.get(earlier_task, earlier_task)} outputs of "
+            f"{earlier.get('input', 'another input')}; the {what.get(task, task)} outputs of this input have the "
+            f"same names and would replace them. Write them to another --out folder (nothing was written)")
+
+
 def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optional[Sequence[str]] = None,
                  region: Optional[str] = None, level: Optional[int] = None, target_mpp: Optional[float] = None,
                  slide_mpp: Optional[float] = None, tile: Optional[Tuple[int, int]] = None,
@@ -363,6 +384,7 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
         run = _semantic_run(segmentor, tile, stride, batch_size, window or DEFAULT_WINDOW, tissue_threshold, amp)
     with open_slide(Path(path), mpp=slide_mpp) as reader:  # an unreadable input fails before the folder is touched
         out = prepare_output_folder(out_dir)
+        _check_summary_owner(out, output_stem(path, region), segmentor.task, path)
         summary, staged, summary_file, stale = _write_outputs(
             segmentor, reader, path, out, formats, region, level, target_mpp, export_options, allow_partial, run,
             progress)
