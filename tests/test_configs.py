@@ -67,7 +67,7 @@ def test_leaf_name_states_its_schedule_and_crop(path):
 def test_leaf_scope_matches_its_name(path):
     cfg = Config.fromfile(str(path))
     if path in INSTANCE_LEAVES:
-        assert cfg.default_scope == "mmdet" and cfg.model.type == "Mask2Former"
+        assert cfg.default_scope == "mmdet" and cfg.model.type == "UniMask2Former"  # mmdet's Mask2Former + slide
         assert cfg.model.test_cfg.instance_on and not cfg.model.test_cfg.panoptic_on
     else:
         assert cfg.default_scope == "mmseg" and "decode_head" in cfg.model

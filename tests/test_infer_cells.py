@@ -545,8 +545,9 @@ def test_a_semantic_model_in_an_instance_config_is_refused(tmp_path):
 
     config = tmp_path / "odd.py"
     config.write_text(f"_base_ = [{str(SEMANTIC_CONFIG)!r}]\nmodel = dict(test_cfg=dict(instance_on=True))\n")
-    with pytest.raises(ValueError, match=r"odd.py: model.test_cfg.instance_on is set, but cells are read from mmdet's "
-                                         r"Mask2Former or MaskFormer only, not from 'UniEncoderDecoder'"):
+    with pytest.raises(ValueError, match=r"odd.py: model.test_cfg.instance_on is set, but cells are read from "
+                                         r"UniMask2Former or Mask2Former or MaskFormer only, not from "
+                                         r"'UniEncoderDecoder'"):
         config_task(read_config(str(config)), str(config))
     assert config_task(read_config(str(SEMANTIC_CONFIG))) == "semantic"
 

@@ -124,3 +124,11 @@ def test_consep_config_slides_over_its_test_tiles():
     assert cfg.model.type == "UniMask2Former"
     assert cfg.model.test_cfg.mode == "slide" and tuple(cfg.model.test_cfg.crop_size) == tuple(cfg.crop_size)
     assert all(t > s for t, s in zip(cfg.model.test_cfg.crop_size, cfg.model.test_cfg.stride))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/uni").glob("*-instance-*.py")), ids=lambda p: p.stem)
+def test_instance_configs_are_cell_models_for_inference(path):
+    """tools/infer.py decides from the config: every instance config gives cells."""
+    from uniseg.inference.api import config_task
+
+    assert config_task(Config.fromfile(str(path)), str(path)) == "cells"

@@ -45,7 +45,7 @@ CELL_TILE = 512
 CELL_STRIDE_FRACTION = 0.75
 
 #: the detectors whose instance output the cell predictor reads
-_INSTANCE_MODELS = ("Mask2Former", "MaskFormer")
+_INSTANCE_MODELS = ("UniMask2Former", "Mask2Former", "MaskFormer")  # uniseg's, then mmdet's
 
 
 @dataclass
@@ -85,7 +85,8 @@ def read_config(config: str, cfg_options: Optional[dict] = None):
 
 
 def config_task(cfg, config: str = "") -> str:
-    """``'cells'`` for an mmdet Mask2Former/MaskFormer whose ``model.test_cfg.instance_on`` is set, else ``'semantic'``.
+    """``'cells'`` for a Mask2Former/MaskFormer detector (uniseg's or mmdet's) whose ``model.test_cfg.instance_on``
+    is set, else ``'semantic'``.
 
     This is how ``tools/infer.py`` chooses what to write: the config, not a flag, says what the
     model predicts.
@@ -97,7 +98,7 @@ def config_task(cfg, config: str = "") -> str:
     kind = str(model.get("type", "")).split(".")[-1]
     if kind not in _INSTANCE_MODELS:
         raise ValueError(f"{config or 'the config'}: model.test_cfg.instance_on is set, but cells are read from "
-                         f"mmdet's {' or '.join(_INSTANCE_MODELS)} only, not from {model.get('type')!r}")
+                         f"{' or '.join(_INSTANCE_MODELS)} only, not from {model.get('type')!r}")
     return "cells"
 
 
