@@ -131,6 +131,26 @@ def test_kill_in_the_middle_of_writing_a_checkpoint(tmp_path, data, straight):
     _resume_and_compare(config, work, straight)  # (the probe pauses once: its marker exists now)
 
 
+def test_a_checkpoint_left_by_a_kill_before_its_removal_is_removed_on_resume(tmp_path, data, straight):
+    """SIGKILL after iter_4.pth is in place but before iter_2.pth (max_keep_ckpts=1) is removed: the
+    state that kill leaves is made here directly (an iter_2.pth next to a complete iter_4.pth). iter_4.pth
+    records iter_2 as still kept, so --resume removes it; it never accumulates over pre-emptions."""
+    config = _write_config(tmp_path / "cfg.py", data, batch_size=2, max_iters=4,
+                           checkpoint="dict(interval=2, max_keep_ckpts=1, save_best=None)")
+    work = tmp_path / "work"
+    _train(config, work)
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_4.pth"]
+    runtime = load_verified_checkpoint(str(work / "iter_4.pth"))["message_hub"]["runtime_info"]
+    assert list(runtime["keep_ckpt_ids"]) == [2, 4]  # the superseded step is recorded with the new checkpoint
+    shutil.copy(straight / "iter_2.pth", work / "iter_2.pth")  # what the kill leaves behind
+    config = _write_config(tmp_path / "cfg.py", data, batch_size=2, max_iters=6,
+                           checkpoint="dict(interval=2, max_keep_ckpts=1, save_best=None)")
+    _train(config, work, "--resume")
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_6.pth"]
+    assert list(load_verified_checkpoint(str(work / "iter_6.pth"))["message_hub"]["runtime_info"]
+                ["keep_ckpt_ids"]) == [4, 6]
+
+
 def test_kill_while_saving_a_new_best_checkpoint(tmp_path, data):
     """save_best: SIGKILL when the second best checkpoint is about to be written. mmengine's hook had
     already deleted the previous best one, so the run had no best checkpoint at all."""

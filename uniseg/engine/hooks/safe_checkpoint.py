@@ -10,7 +10,9 @@ This hook keeps mmengine's options and bookkeeping and changes the order:
 1. the new checkpoint is written completely under a temporary name, flushed to disk, renamed into place;
 2. ``last_checkpoint`` is replaced in one step (temporary file + rename);
 3. only then are the checkpoints it supersedes removed (the oldest one, the previous best; the
-   previous best only after the resumable checkpoint that records the new best is written).
+   previous best only after the resumable checkpoint that records the new best is written). The new
+   checkpoint lists the one it supersedes among those kept, so a job killed between 2 and 3 leaves it
+   behind only until the run resumes: resuming trims the list to ``max_keep_ckpts`` and removes it.
 
 Every rank calls the save under FlexibleRunner (sharded state is gathered collectively), so the
 temporary name is the same on all ranks; only the main process renames and removes. Temporaries left
@@ -102,12 +104,17 @@ class SafeCheckpointHook(CheckpointHook):
         if not getattr(self, "_local", False):  # (set in before_train; without it, as mmengine does)
             return super()._save_checkpoint_with_step(runner, step, meta)
         superseded: List[str] = []
+        superseded_steps: List[int] = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             # (the best-checkpoint path saves the same step again to record the new best: nothing rotates)
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                superseded.append(osp.join(self.out_dir, self.filename_tmpl.format(self.keep_ckpt_ids.popleft())))
+                superseded_steps.append(self.keep_ckpt_ids.popleft())
+                superseded.append(osp.join(self.out_dir, self.filename_tmpl.format(superseded_steps[0])))
             self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+            # The new checkpoint records the step it supersedes as still kept: if the job dies after the new file
+            # is in place but before the old one is removed, the resumed run's before_train (mmengine's: it trims
+            # keep_ckpt_ids to max_keep_ckpts, removing their files) removes the leftover.
+            runner.message_hub.update_info("keep_ckpt_ids", superseded_steps + list(self.keep_ckpt_ids))
 
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = osp.join(self.out_dir, filename)
@@ -125,6 +132,8 @@ class SafeCheckpointHook(CheckpointHook):
         for path in superseded:
             if path != self.last_ckpt:
                 self._remove(runner, path)
+        if superseded_steps:
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         if not self.save_best:
