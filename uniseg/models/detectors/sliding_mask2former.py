@@ -16,7 +16,7 @@ the original size, where the ground truth is.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import torch
@@ -31,30 +31,29 @@ TEST_MODES = ("whole", "slide")
 
 
 class _CellCollector:
-    """A cell sink that keeps the stitched cells and their id image in memory (one test image)."""
+    """A cell sink that keeps the stitched cells and their id image in memory (one test image).
+
+    The stitcher numbers cells ``1, 2, ...`` in the order it hands them on, so cell ``k`` of the id
+    image is entry ``k - 1`` of the collected labels and scores.
+    """
 
     def __init__(self, height: int, width: int) -> None:
-        self.ids = np.zeros((height, width), np.uint32)
-        self.cell_ids: List[np.ndarray] = []
-        self.labels: List[np.ndarray] = []
-        self.scores: List[np.ndarray] = []
+        self.ids = np.zeros((height, width), np.int32)
+        self.labels: List[np.ndarray] = [np.zeros(0, np.int64)]
+        self.scores: List[np.ndarray] = [np.zeros(0, np.float32)]
+        self.count = 0
 
     def write_cells(self, cells) -> None:
-        self.cell_ids.append(cells.ids)
+        expected = np.arange(self.count + 1, self.count + len(cells) + 1)
+        if not np.array_equal(cells.ids, expected):
+            raise RuntimeError(f"cell stitching handed on ids {cells.ids[:3].tolist()}..., expected them to count "
+                               f"up from {self.count + 1}")
         self.labels.append(cells.labels)
         self.scores.append(cells.scores)
+        self.count += len(cells)
 
     def write_band(self, y0: int, ids: np.ndarray) -> None:
         self.ids[y0:y0 + len(ids)] = ids
-
-    def dense(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Id map with ids ``1..n`` in the order of the labels and scores returned."""
-        cell_ids = np.concatenate(self.cell_ids) if self.cell_ids else np.zeros(0, np.int64)
-        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
-        scores = np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
-        lookup = np.zeros(int(cell_ids.max(initial=0)) + 1, np.int32)
-        lookup[cell_ids] = np.arange(1, len(cell_ids) + 1, dtype=np.int32)
-        return lookup[self.ids], labels, scores
 
 
 @MODELS.register_module()
@@ -107,8 +106,8 @@ class UniMask2Former(Mask2Former):
                                 batch_size=cfg.get("batch_size", 4))
         collector = _CellCollector(height, width)
         stitcher.run(ArraySource(np.ascontiguousarray(rgb)), sinks=[collector])
-        ids, labels, scores = collector.dense()
-        ids_t = torch.from_numpy(ids)
+        labels, scores = np.concatenate(collector.labels), np.concatenate(collector.scores)
+        ids_t = torch.from_numpy(collector.ids)
         if rescale and tuple(sample.ori_shape[:2]) != (height, width):
             ids_t = F.interpolate(ids_t[None, None].float(), size=tuple(sample.ori_shape[:2]),
                                   mode="nearest")[0, 0].to(torch.int32)
