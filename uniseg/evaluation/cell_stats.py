@@ -231,12 +231,7 @@ def drop_predictions_on_unknown(pred: InstanceMap, unknown: Optional[np.ndarray]
     n = pred.num_instances
     areas = np.bincount(pred.ids.ravel(), minlength=n + 1)[1:]
     on_unknown = np.bincount(pred.ids[unknown], minlength=n + 1)[1:]
-    keep = ~(on_unknown > fraction * areas)
-    if keep.all():
-        return pred
-    new_id = np.zeros(n + 1, np.int32)
-    new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return InstanceMap(new_id[pred.ids], pred.labels[keep], pred.scores[keep])
+    return pred.subset(~(on_unknown > fraction * areas))
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:

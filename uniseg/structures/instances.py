@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["InstanceMap", "paint_instances", "instance_properties", "classes_from_semantic", "relabel_dense"]
+__all__ = ["InstanceMap", "paint_instances", "instance_properties", "classes_from_semantic", "relabel_dense",
+           "keep_objects"]
 
 
 @dataclass
@@ -52,6 +53,21 @@ class InstanceMap:
     @classmethod
     def empty(cls, height: int, width: int) -> "InstanceMap":
         return cls(np.zeros((height, width), np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    def subset(self, keep: np.ndarray) -> "InstanceMap":
+        """The objects where ``keep`` (one bool per object) is set, in their order, ids ``1..m``."""
+        keep = np.asarray(keep, bool)
+        if keep.all():
+            return self
+        return InstanceMap(keep_objects(self.ids, keep), self.labels[keep], self.scores[keep])
+
+
+def keep_objects(ids: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Id map ``1..n`` -> the objects where ``keep`` (n bools) is set, renumbered ``1..m``; others become 0."""
+    keep = np.asarray(keep, bool)
+    new_id = np.zeros(len(keep) + 1, np.int32)
+    new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_id[ids]
 
 
 def paint_instances(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, score_thr: float = 0.5,

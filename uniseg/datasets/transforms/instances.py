@@ -58,6 +58,7 @@ from mmdet.structures.mask import BitmapMasks
 from mmengine.structures import PixelData
 
 from ..instances import (MAX_INSTANCE_ID, InstanceAnnotationError, parse_instance_annotation, read_instance_map)
+from uniseg.structures.instances import keep_objects
 from uniseg.utils.imageio import read_label
 
 __all__ = ["LoadInstanceAnnotations", "InstanceMapToTargets", "PackInstanceInputs", "instance_boxes"]
@@ -195,9 +196,7 @@ class InstanceMapToTargets(BaseTransform):
         areas = np.bincount(dense.ravel(), minlength=n + 1)[1:]
         keep = areas >= self.min_area
         if not keep.all():  # renumber the kept objects 1..m, dropped ones become 0
-            new_id = np.zeros(n + 1, np.int32)
-            new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-            dense = new_id[dense]
+            dense = keep_objects(dense, keep)
             labels, ignored = labels[keep], ignored[keep]
             n = len(labels)
         height, width = dense.shape

@@ -241,13 +241,9 @@ class CellInstanceMetric(BaseMetric):
         """The objects of a model-painted map that pass ``score_thr`` and ``max_per_image`` (ids renumbered)."""
         order = np.argsort(-painted.scores, kind="stable")
         order = order[painted.scores[order] >= self.score_thr][:self.max_per_image]
-        if len(order) == painted.num_instances:
-            return painted
         keep = np.zeros(painted.num_instances, bool)
         keep[order] = True
-        new_id = np.zeros(painted.num_instances + 1, np.int32)
-        new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        return InstanceMap(new_id[painted.ids], painted.labels[keep], painted.scores[keep])
+        return painted.subset(keep)
 
     @staticmethod
     def _painted_map(fields: Dict[str, Any], objects: Optional[Dict[str, Any]], image: str, name: str,
