@@ -280,6 +280,15 @@ def prepare_output_folder(out_dir: str) -> Path:
     return out
 
 
+def _read_summary(path: Path) -> Optional[dict]:
+    """An earlier run's summary, or None when there is none or it cannot be read as one."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def _earlier_outputs(out: Path, stem: str, keep: Sequence[Path], task: str) -> List[Path]:
     """Outputs that the summary of an earlier run for ``stem`` (and ``task``) lists and this run does not rewrite.
 
@@ -288,11 +297,11 @@ def _earlier_outputs(out: Path, stem: str, keep: Sequence[Path], task: str) -> L
     unreadable summary lists nothing.
     """
     table, _ = format_table(task)
-    try:
-        listed = json.loads((out / summary_name(stem, task)).read_text()).get("outputs", [])
-        listed = [Path(str(p)) for p in listed]
-    except (OSError, ValueError, AttributeError):
+    earlier = _read_summary(out / summary_name(stem, task))
+    listed = earlier.get("outputs") if earlier else None
+    if not isinstance(listed, list):
         return []
+    listed = [Path(str(p)) for p in listed]
     names = [pattern.format(stem=stem) for pattern, _ in table.values()]
     folders = {name for name in names if not Path(name).suffix}  # outputs that are folders of files
     files = set(names) - folders
@@ -318,11 +327,10 @@ def _check_summary_owner(out: Path, stem: str, task: str, path: str) -> None:
     files with the second's. Re-running the same task replaces its own set, as documented.
     """
     summary_path = out / summary_name(stem, task)
-    try:
-        earlier = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
+    earlier = _read_summary(summary_path)
+    if earlier is None:
         return  # none, or unreadable: nothing to protect that can be told apart
-    earlier_task = earlier.get("task", "semantic") if isinstance(earlier, dict) else task
+    earlier_task = earlier.get("task", "semantic")
     if earlier_task != task:
         what = {"semantic": "mask", "cells": "cell"}
         raise OutputWriteError(
