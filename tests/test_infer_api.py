@@ -372,16 +372,17 @@ def test_a_read_only_folder_keeps_the_earlier_set_and_names_the_file(tmp_path):
     assert _snapshot(out) == before
 
 
-_KILL_CHILD = """
+# A child process that SIGKILLs itself at the 2nd rename of the output commit (a journal exists then).
+# Format with tests, out, and `run`: the imports and the segment_file call of the test.
+KILL_AT_COMMIT_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_infer_api import _LightIsClassOne, _segmentor
 from uniseg.inference.api import segment_file
 
 out, renames = {out!r}, []
 real_replace = os.replace
 
-def replace(src, dst, *args, **kwargs):  # die at the 2nd rename of the commit (a journal exists then)
+def replace(src, dst, *args, **kwargs):
     if any(".journal-" in name for name in os.listdir(out)) and ".journal-" not in str(dst):
         renames.append(dst)
         if len(renames) == 2:
@@ -389,8 +390,10 @@ def replace(src, dst, *args, **kwargs):  # die at the 2nd rename of the commit (
     return real_replace(src, dst, *args, **kwargs)
 
 os.replace = replace
-segment_file(_segmentor(_LightIsClassOne().eval()), {image!r}, out, formats=["png", "tiff", "probs"], progress=False)
+{run}
 """
+_KILL_RUN = """from test_infer_api import _LightIsClassOne, _segmentor
+segment_file(_segmentor(_LightIsClassOne().eval()), {image!r}, out, formats=["png", "tiff", "probs"], progress=False)"""
 
 
 def test_kill_9_during_the_commit_then_the_next_run_completes_the_set(tmp_path):
@@ -398,7 +401,8 @@ def test_kill_9_during_the_commit_then_the_next_run_completes_the_set(tmp_path):
     other = _write_png(tmp_path / "in" / "other.png", _blobs(seed=1))
     out = tmp_path / "out"
     segment_file(_segmentor(), str(image_path), str(out), formats=["png", "tiff", "geojson"], progress=False)
-    code = _KILL_CHILD.format(tests=str(REPO / "tests"), out=str(out), image=str(image_path))
+    code = KILL_AT_COMMIT_CHILD.format(tests=str(REPO / "tests"), out=str(out),
+                                       run=_KILL_RUN.format(image=str(image_path)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     # killed half-way through the renames: the old summary is gone, so nothing looks complete

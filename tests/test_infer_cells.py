@@ -361,32 +361,18 @@ def test_a_cell_set_never_replaces_the_mask_set_of_another_input_with_the_same_n
         segment_file(_segmentor(), str(tmp_path / "x_cells.png"), str(out2), formats=["png"], progress=False)
 
 
-_KILL_CHILD = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
-from test_infer_cells import _stand_in
-from uniseg.inference.api import segment_file
-
-out, renames = {out!r}, []
-real_replace = os.replace
-
-def replace(src, dst, *args, **kwargs):  # die at the 2nd rename of the commit (a journal exists then)
-    if any(".journal-" in name for name in os.listdir(out)) and ".journal-" not in str(dst):
-        renames.append(dst)
-        if len(renames) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real_replace(src, dst, *args, **kwargs)
-
-os.replace = replace
-segment_file(_stand_in(), {image!r}, out, formats=["csv", "tiff", "geojson"], progress=False)
-"""
+_KILL_RUN = """from test_infer_cells import _stand_in
+segment_file(_stand_in(), {image!r}, out, formats=["csv", "tiff", "geojson"], progress=False)"""
 
 
 def test_kill_9_during_the_commit_of_cells_then_the_next_run_completes_the_set(tmp_path):
     out = tmp_path / "out"
     segment_file(_stand_in(128), str(NUCLEI), str(out), formats=["csv", "tiff"], progress=False)  # an earlier set
     before = _outputs(out, "nuclei_br")["summary"]["cells"]
-    code = _KILL_CHILD.format(tests=str(REPO / "tests"), out=str(out), image=str(NUCLEI))
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_infer_api import KILL_AT_COMMIT_CHILD
+
+    code = KILL_AT_COMMIT_CHILD.format(tests=str(REPO / "tests"), out=str(out), run=_KILL_RUN.format(image=str(NUCLEI)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (out / "nuclei_br_cells_summary.json").exists()  # the old set no longer claims to be complete
