@@ -152,10 +152,17 @@ def test_kernel_check_reports_a_missing_kernel_instead_of_raising():
 
 
 def test_missing_required_package_is_an_error_optional_is_not(capsys, marker, monkeypatch):
-    monkeypatch.setitem(sys.modules, "openslide", None)
+    optional = env.Package("somewhere", "uniseg_test_no_such_module", ("uniseg-test-no-such-dist",),
+                           required=False, note="optional: only for this test")
+    monkeypatch.setattr(env, "PACKAGES", env.PACKAGES + (optional,))
     code, out = _run(capsys, "--json")
     assert code == 0
-    assert json.loads(out)["packages"]["openslide"]["missing"] is True
+    assert json.loads(out)["packages"]["somewhere"]["missing"] is True
+
+    monkeypatch.setitem(sys.modules, "openslide", None)  # a requirement since OpenSlide came with openslide-bin
+    code, out = _run(capsys, "--json")
+    assert code == 1
+    assert "openslide is not installed: run `bash tools/setup_env.sh`" in _messages(out, "error")
 
     monkeypatch.setitem(sys.modules, "tifffile", None)
     code, out = _run(capsys, "--json")

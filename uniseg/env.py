@@ -90,8 +90,8 @@ PACKAGES: Tuple[Package, ...] = (
     Package("opencv", "cv2", ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
                               "opencv-contrib-python-headless"), tested_as="opencv-python"),
     Package("tifffile", "tifffile", ("tifffile",)),
-    Package("openslide", "openslide", ("openslide-python",), required=False,
-            note="optional: whole-slide formats tifffile cannot read (.mrxs, .vms, .scn, ...): pip install 'uniseg[wsi]'"),
+    # openslide-python with the native library from openslide-bin: vendor formats (.ndpi, .mrxs, .scn, ...).
+    Package("openslide", "openslide", ("openslide-python",)),
     # Last: importing uniseg imports (and registers into) everything above.
     Package("uniseg", "uniseg", ("uniseg",)),
 )

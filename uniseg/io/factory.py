@@ -1,7 +1,8 @@
 """Opening a file as a :class:`~uniseg.io.slide.SlideReader`: which backend reads it.
 
 The choice goes by content first (magic bytes), then by suffix: OpenSlide for vendor whole-slide formats
-when it is installed, tifffile for any TIFF, Pillow for PNG/JPEG/BMP. The readers know nothing of each
+(it is a uniseg requirement; tifffile steps in for TIFF-based ones when OpenSlide refuses a file or does
+not import), tifffile for any TIFF, Pillow for PNG/JPEG/BMP. The readers know nothing of each
 other or of this choice.
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ __all__ = ["BACKENDS", "OPENSLIDE_SUFFIXES", "OPENSLIDE_ONLY_SUFFIXES", "open_sl
 #: ``backend`` values accepted by :func:`open_slide`.
 BACKENDS = ("auto", "tifffile", "openslide", "plain")
 #: Suffixes that OpenSlide handles better than tifffile (vendor layouts, overlaps, stitching).
-OPENSLIDE_SUFFIXES = (".svs", ".svslide", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
-#: Of those, the ones that are not TIFF files, so that only OpenSlide can read them.
-OPENSLIDE_ONLY_SUFFIXES = (".mrxs", ".vms", ".vmu")
+OPENSLIDE_SUFFIXES = (".svs", ".svslide", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".czi", ".dcm")
+#: Of those, the ones that are not TIFF files, so that only OpenSlide can read them (MIRAX, Hamamatsu
+#: VMS/VMU, Zeiss CZI and DICOM WSI, which OpenSlide reads since 4.0).
+OPENSLIDE_ONLY_SUFFIXES = (".mrxs", ".vms", ".vmu", ".czi", ".dcm")
 
 
 def _sniff(path: Path) -> Optional[str]:
@@ -48,7 +50,7 @@ def open_slide(path: PathLike, backend: str = "auto",
                mpp: Union[None, float, Sequence[float]] = None) -> SlideReader:
     """Open ``path`` with the backend that suits it.
 
-    ``backend='auto'`` uses OpenSlide for vendor formats when it is installed, tifffile for any
+    ``backend='auto'`` uses OpenSlide for vendor formats when it imports, tifffile for any
     TIFF (tiled, stripped, pyramidal, SVS, OME), and Pillow for PNG/JPEG/BMP. ``mpp`` overrides
     the level-0 microns per pixel (a number or an ``(x, y)`` pair) when the file has none or a
     wrong one. Unreadable, corrupt or unsupported files raise :class:`ImageReadError` naming the
@@ -72,18 +74,25 @@ def open_slide(path: PathLike, backend: str = "auto",
     if backend == "plain":
         return PlainImageReader(path, mpp=mpp_pair)
 
+    refused: Optional[ImageReadError] = None
     if suffix in OPENSLIDE_SUFFIXES and openslide_available():
         try:
             return OpenSlideReader(path, mpp=mpp_pair)
-        except ImageReadError:
+        except ImageReadError as exc:
             if kind != "tiff":
                 raise
-            # OpenSlide rejects some valid TIFFs (e.g. unusual SVS variants); tifffile may not.
+            refused = exc  # OpenSlide rejects some valid TIFFs (e.g. unusual SVS variants); tifffile may not.
     if kind == "tiff":
-        return TiffSlideReader(path, mpp=mpp_pair)
+        try:
+            return TiffSlideReader(path, mpp=mpp_pair)
+        except ImageReadError as exc:
+            if refused is None:
+                raise
+            raise ImageReadError(f"{exc}; OpenSlide refused it too "
+                                 f"({str(refused).removeprefix(f'{path}: ')})") from exc
     if suffix in OPENSLIDE_ONLY_SUFFIXES:
-        raise ImageReadError(f"{path}: {suffix} slides can only be read with OpenSlide, which is not "
-                             f"installed; install it with {WSI_INSTALL_HINT}")
+        raise ImageReadError(f"{path}: {suffix} slides can only be read with OpenSlide, which does not "
+                             f"import here; repair the environment: {WSI_INSTALL_HINT}")
     if kind in ("png", "jpeg", "bmp"):
         return PlainImageReader(path, mpp=mpp_pair)
     if suffix in OPENSLIDE_SUFFIXES:

@@ -1,8 +1,11 @@
-"""Vendor whole-slide formats through OpenSlide (optional ``uniseg[wsi]`` extra).
+"""Vendor whole-slide formats through OpenSlide.
 
 OpenSlide knows the quirks tifffile does not (MIRAX stitching, NDPI/SCN/BIF layouts, overlapping
-tiles), so :func:`uniseg.io.open_slide` prefers it for those suffixes when it is installed. It is
-imported lazily: uniseg works without it and only complains when a slide actually needs it.
+tiles), so :func:`uniseg.io.open_slide` prefers it for those suffixes. ``openslide-python`` and
+``openslide-bin`` (which carries the native library, no system package needed) are install
+requirements of uniseg. The import is still lazy: importing uniseg must not load a native library
+it may never use, and a broken OpenSlide install then fails only for the slides that need it, with
+an error saying how to repair it.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from .slide import Mpp, SlideReader, normalize_mpp
 
 __all__ = ["OpenSlideReader", "WSI_INSTALL_HINT", "openslide_available"]
 
-WSI_INSTALL_HINT = 'pip install "uniseg[wsi]"'
+#: How to repair an environment whose OpenSlide is missing or broken (both are uniseg requirements).
+WSI_INSTALL_HINT = "pip install openslide-python openslide-bin (or re-run `bash tools/setup_env.sh`)"
 
 
 def openslide_available() -> bool:
-    """Whether the optional OpenSlide backend (``uniseg[wsi]``) can be imported."""
+    """Whether OpenSlide (Python binding and native library) can be imported."""
     try:
         import openslide  # noqa: F401
     except (ImportError, OSError):  # OSError: the Python package is there but libopenslide is not
@@ -33,8 +37,8 @@ def _import_openslide(path: Path) -> Any:
     try:
         import openslide
     except (ImportError, OSError) as exc:  # OSError: libopenslide itself is missing
-        raise ImageReadError(f"{path}: reading this slide needs OpenSlide, which is not available "
-                             f"({exc}); install it with {WSI_INSTALL_HINT}") from exc
+        raise ImageReadError(f"{path}: reading this slide needs OpenSlide, which does not import "
+                             f"({exc}); repair the environment: {WSI_INSTALL_HINT}") from exc
     return openslide
 
 
@@ -70,12 +74,11 @@ class OpenSlideReader(SlideReader):
         openslide = _import_openslide(path)
         if not path.is_file():
             raise ImageReadError(f"{path}: no such file")
-        errors: Tuple[type, ...] = (OSError, ValueError)
-        if hasattr(openslide, "OpenSlideError"):  # parent of OpenSlideUnsupportedFormatError
-            errors += (openslide.OpenSlideError,)
+        # OpenSlideError is the parent of OpenSlideUnsupportedFormatError.
+        self._errors: Tuple[type, ...] = (OSError, ValueError, openslide.OpenSlideError)
         try:
             self._slide = openslide.OpenSlide(str(path))
-        except errors as exc:
+        except self._errors as exc:
             raise ImageReadError(f"{path}: OpenSlide cannot read this file ({type(exc).__name__}: {exc})") from exc
         mpp_pair = self._mpp_override or _property_mpp(self._slide.properties)
         self._init_levels(path, list(self._slide.level_dimensions), mpp_pair,
@@ -88,7 +91,12 @@ class OpenSlideReader(SlideReader):
         # OpenSlide takes the top-left in level-0 pixels; this is the level-0 position of level
         # pixel (x, y), which OpenSlide maps back onto the same level pixel.
         ds = self.level_downsamples[level]
-        image = self._slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+        try:
+            image = self._slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+        except self._errors as exc:  # e.g. a corrupt tile; OpenSlide's own message names no file
+            raise ImageReadError(f"{self.path}: OpenSlide cannot read the {w} x {h} region at ({x}, {y}) of "
+                                 f"level {level} ({type(exc).__name__}: {exc}); the file is corrupt or "
+                                 f"truncated") from exc
         return _rgba_on_white(np.asarray(image))
 
     def close(self) -> None:
