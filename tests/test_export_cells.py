@@ -15,6 +15,7 @@ from uniseg.export.base import BandOrderError, ExportContext
 from uniseg.export.cells import (CellBatch, CellGeoJsonSink, CellLabelTiffSink, CellSink, CellTableSink,
                                  build_cell_sinks)
 from uniseg.export.cells.geojson import cell_outlines
+from uniseg.export.ome import read_uniseg_metadata
 from uniseg.export.pyramid import reduce_labels_2x
 from uniseg.inference.cell_stitching import CellStitcher
 from uniseg.inference.inferencer import ArraySource
@@ -82,7 +83,9 @@ def exported(tmp_path_factory):
     collection = json.loads((out / "slide_cells.geojson").read_text(encoding="utf-8"))
     with tifffile.TiffFile(out / "slide_cells.tif") as tif:
         levels = [level.asarray() for level in tif.series[0].levels]
-        description = json.loads(tif.pages[0].description)
+        assert tif.is_ome and len(tif.pages) == 1
+        description = read_uniseg_metadata(tif)
+        description["ome"] = tif.ome_metadata
     return dict(rgb=rgb, stats=stats, table=table, geojson=collection, levels=levels, description=description)
 
 
@@ -119,6 +122,8 @@ def test_tiff_holds_the_ids_of_the_table_with_a_pyramid(exported):
     meta = exported["description"]
     assert meta["uniseg"] == "cell_ids" and meta["classes"] == list(CLASSES)
     assert meta["origin"] == list(ORIGIN) and meta["scale"] == SCALE and "ignore_index" not in meta
+    assert 'Type="uint32"' in meta["ome"] and f'PhysicalSizeX="{MPP}"' in meta["ome"]
+    assert 'Name="cell id"' in meta["ome"]
 
 
 def test_table_uses_slide_coordinates(exported):

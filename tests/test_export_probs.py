@@ -1,11 +1,12 @@
 """ProbabilityMapSink: one pyramidal grey TIFF per class, exact level 0, mean-reduced levels."""
-import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import tifffile
 
 from uniseg.export.base import ExportContext
+from uniseg.export.ome import ome_color, read_uniseg_metadata
 from uniseg.export.probs import ProbabilityMapSink
 from uniseg.export.pyramid import reduce_mean_2x
 
@@ -31,6 +32,7 @@ def _write(target, probs, band=40, ctx_kwargs=None, **kwargs):
 
 def test_directory_round_trip(tmp_path):
     probs = _probs()
+    sink_palette = ExportContext(1, 1, CLASSES).palette  # the default palette the sink gets
     paths = _write(tmp_path / "probs", probs, tile=48, ctx_kwargs=dict(mpp=0.25))
     assert [p.name for p in paths] == ["background.tif", "tumor.tif", "stroma_loose.tif"]
     for index, path in enumerate(paths):
@@ -44,9 +46,16 @@ def test_directory_round_trip(tmp_path):
                                           reduce_mean_2x(np.concatenate([level1, level1[-1:]])))
             page = tif.pages[0]
             assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and page.is_tiled
-            meta = json.loads(page.description)
+            meta = read_uniseg_metadata(tif)
             assert meta["class"] == CLASSES[index] and meta["class_index"] == index
             assert meta["value_range"] == [0, 255] and meta["mpp"] == 0.25
+            # OME-TIFF: calibrated, the channel named after the class in its palette colour
+            assert tif.is_ome and len(tif.pages) == 1 and len(page.subifds) == 2
+            elements = {el.tag.rsplit("}", 1)[-1]: el.attrib for el in ET.fromstring(tif.ome_metadata).iter()}
+            assert float(elements["Pixels"]["PhysicalSizeX"]) == 0.25
+            assert elements["Pixels"]["PhysicalSizeYUnit"] == "µm"
+            assert elements["Channel"]["Name"] == CLASSES[index]
+            assert int(elements["Channel"]["Color"]) == ome_color(sink_palette[index])
     assert sorted(p.name for p in (tmp_path / "probs").iterdir()) == sorted(p.name for p in paths)
 
 

@@ -96,6 +96,26 @@ def test_odd_sizes_and_irregular_bands(tmp_path, bands):
     assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]  # spools and temporaries are gone
 
 
+def test_writes_an_ome_tiff_pyramid_with_its_pixel_size(tmp_path):
+    """Level 0 carries OME-XML with the physical size from ``mpp``; the reduced levels are its SubIFDs,
+    each with resolution tags for its own pixel size (for readers that ignore OME-XML)."""
+    image = np.random.default_rng(4).integers(0, 256, (100, 70)).astype(np.uint8)
+    writer = StreamingPyramidTiff(tmp_path / "p.tif", 100, 70, reduce=reduce_mean_2x, tile=16, levels=3, mpp=0.3)
+    writer.start()
+    writer.write_rows(image)
+    writer.finish()
+    writer.commit()
+    with tifffile.TiffFile(tmp_path / "p.tif") as tif:
+        assert tif.is_ome and len(tif.pages) == 1 and len(tif.pages[0].subifds) == 2
+        assert [lvl.shape for lvl in tif.series[0].levels] == [(100, 70), (50, 35), (25, 18)]
+        assert 'PhysicalSizeX="0.3" PhysicalSizeXUnit="µm" PhysicalSizeY="0.3"' in tif.ome_metadata
+        for level in tif.series[0].levels:
+            page = level.pages[0]  # x: 0.3 um * 70 / width (70, 35, 18 pixels wide)
+            assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            assert 1e4 / page.resolution[0] == pytest.approx(0.3 * 70 / level.shape[1])
+        np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), image)
+
+
 def test_abort_midway_removes_everything(tmp_path):
     writer = StreamingPyramidTiff(tmp_path / "p.tif", 200, 64, reduce=reduce_labels_2x, tile=16)
     writer.start()

@@ -11,7 +11,8 @@ multi-page or multi-sample file because:
 * a user who needs only the tumour probability copies one file.
 
 Each file is written with :class:`~uniseg.export.pyramid.StreamingPyramidTiff` (the machinery of
-the label-mask TIFF), with reduced levels from rounded 2x2 means. Memory is about two tile-high
+the label-mask TIFF), with reduced levels from rounded 2x2 means, as an OME-TIFF whose channel is
+named after the class and shown in its palette colour (:mod:`uniseg.export.ome`). Memory is about two tile-high
 strips per exported class. Files are named ``<dir>/<class>.tif`` when given a directory, or
 ``<stem>_<class><suffix>`` next to a given ``.tif`` path; class names are made file-safe.
 All files appear together when committed.
@@ -19,7 +20,6 @@ All files appear together when committed.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from .base import ExportContext, MaskSink, PathLike, PendingFile, resolve_class_indices
+from .ome import ome_metadata
 from .pyramid import StreamingPyramidTiff, normalize_compression, reduce_mean_2x
 from .tiff import TIFF_SUFFIXES
 
@@ -88,13 +89,15 @@ class ProbabilityMapSink(MaskSink):
                 self.target.mkdir(parents=True)
                 self._created_dir = self.target
         for index, path in zip(self._indices, paths):
-            description = json.dumps({
-                "uniseg": "class_probability", "class": ctx.classes[index], "class_index": index,
-                "value_range": [0, 255], "probability_range": [0.0, 1.0], **ctx.metadata(),
-            }, ensure_ascii=True)
+            metadata = ome_metadata(
+                name=f"{path.name}: probability of {ctx.classes[index]}", channel=ctx.classes[index],
+                channel_color=ctx.palette[index],
+                description=f"uniseg class probability of {ctx.classes[index]!r}: pixel value / 255",
+                uniseg={"uniseg": "class_probability", "class": ctx.classes[index], "class_index": index,
+                        "value_range": [0, 255], "probability_range": [0.0, 1.0], **ctx.metadata()})
             writer = StreamingPyramidTiff(
                 path, ctx.height, ctx.width, reduce=reduce_mean_2x, tile=self.tile, levels=self.levels,
-                compression=self.compression, photometric="minisblack", description=description,
+                compression=self.compression, photometric="minisblack", ome_metadata=metadata,
                 mpp=ctx.mpp, bigtiff=self.bigtiff, maxworkers=self.maxworkers)
             self._writers.append(writer)
             writer.start()

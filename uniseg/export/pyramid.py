@@ -18,6 +18,11 @@ inferencer pushes bands. The two meet through a background thread:
   ``subfiletype=1`` (reduced image), the layout tifffile and OME-style readers present as one
   pyramid series.
 
+The file is an OME-TIFF (``TiffWriter(ome=True)``): tifffile reserves the first ImageDescription
+and writes the OME-XML there when the file is closed, so Bio-Formats/QuPath read the SubIFDs as one
+calibrated pyramid (see :mod:`uniseg.export.ome` for what the XML holds). The resolution tags stay
+as well, for readers that ignore OME-XML (OpenSlide's generic-TIFF driver takes its mpp from them).
+
 The output appears under its final name only after :meth:`StreamingPyramidTiff.commit`;
 :meth:`StreamingPyramidTiff.abort` stops the thread and removes the temporary file.
 """
@@ -298,8 +303,10 @@ class StreamingPyramidTiff:
         compression: lossless codec name (see :data:`LOSSLESS_COMPRESSIONS`).
         photometric: ``'minisblack'`` or ``'palette'`` (needs ``colormap``).
         colormap: (3, 256) uint16 TIFF ColorMap for ``'palette'`` images.
-        description: ImageDescription of level 0 (7-bit ASCII, e.g. JSON with ``ensure_ascii``).
-        mpp: microns per level-0 pixel for the resolution tags (each level gets its own).
+        ome_metadata: OME metadata of level 0 for tifffile (:func:`uniseg.export.ome.ome_metadata`);
+            ``None`` writes a bare OME-XML (size, type and, from ``mpp``, the physical pixel size).
+        mpp: microns per level-0 pixel for the OME physical size and the resolution tags (each
+            level gets its own).
         bigtiff: force (True) or forbid (False) BigTIFF; ``None`` picks BigTIFF when the raw
             image data would approach the 4 GiB limit of classic TIFF.
         maxworkers: threads tifffile may use to compress the tiles of one strip (1: compress in
@@ -310,7 +317,7 @@ class StreamingPyramidTiff:
     def __init__(self, path: PathLike, height: int, width: int, *, reduce: Reducer,
                  dtype: np.dtype = np.uint8, tile: int = 512, levels: Optional[int] = None,
                  compression: Optional[str] = "zlib", photometric: str = "minisblack",
-                 colormap: Optional[np.ndarray] = None, description: Optional[str] = None,
+                 colormap: Optional[np.ndarray] = None, ome_metadata: Optional[dict] = None,
                  mpp: Optional[float] = None, bigtiff: Optional[bool] = None,
                  maxworkers: Optional[int] = 1):
         self.path = Path(path)
@@ -325,7 +332,10 @@ class StreamingPyramidTiff:
         self.compression = normalize_compression(compression, str(self.path))
         self.photometric = photometric
         self.colormap = colormap
-        self.description = description
+        self.ome_metadata = dict(ome_metadata or {})
+        if mpp is not None:  # one source of truth for the pixel size: the mpp argument
+            self.ome_metadata.update(PhysicalSizeX=float(mpp), PhysicalSizeXUnit="µm",
+                                     PhysicalSizeY=float(mpp), PhysicalSizeYUnit="µm")
         self.mpp = mpp
         if bigtiff is None:
             raw = sum(h * w for h, w in self.shapes) * self.dtype.itemsize
@@ -489,10 +499,11 @@ class StreamingPyramidTiff:
         import tifffile
 
         try:
-            with tifffile.TiffWriter(self._file.tmp, bigtiff=self.bigtiff) as tif:
+            with tifffile.TiffWriter(self._file.tmp, bigtiff=self.bigtiff, ome=True) as tif:
+                options = self._write_options(0)
+                options["metadata"] = self.ome_metadata  # OME-XML, written by tifffile at close
                 tif.write(self._tiles(self._level0_strips(), self.shapes[0][1]),
-                          subifds=self.num_levels - 1, description=self.description, software="uniseg",
-                          **self._write_options(0))
+                          subifds=self.num_levels - 1, software="uniseg", **options)
                 if self._get() is not _DONE:
                     raise RuntimeError("unexpected data after the last level-0 strip")
                 for level, spool in enumerate(self._spools, start=1):

@@ -4,26 +4,31 @@ Level 0 holds the class index of every output pixel (uint8, ``ignore_index`` whe
 prediction); reduced levels (factor 2 each, SubIFDs with ``subfiletype=1``) are built with the
 label-preserving 2x2 mode of :func:`~uniseg.export.pyramid.reduce_labels_2x`, so zoomed-out views
 never show blended, non-existent classes. The image is stored with photometric *palette* and a
-ColorMap made from the class palette, so viewers show class colours directly; the
-ImageDescription of level 0 is JSON with the class names, palette, ignore index and the ROI's
-slide origin/scale; resolution tags carry the microns per pixel when known.
+ColorMap made from the class palette, so viewers show class colours directly.
+
+The file is an OME-TIFF (:mod:`uniseg.export.ome`): OME-XML in the first IFD with the physical
+pixel size (µm) when known, MapAnnotations ``uniseg/classes`` (label value -> class name) and
+``uniseg/palette`` (label value -> colour), and uniseg's JSON (class names, palette, ignore index,
+the ROI's slide origin/scale, mpp) in the CommentAnnotation ``uniseg/metadata``
+(:func:`~uniseg.export.ome.read_uniseg_metadata` reads it back). Resolution tags carry the microns
+per pixel too.
 
 Reader compatibility: the reduced levels are SubIFDs of level 0, the pyramid layout of OME-TIFF
-(Bio-Formats 6+) that tifffile also reads as one multi-level series. Readers that follow only the
-top-level IFD chain (OpenSlide's generic-TIFF driver, for example) see level 0 alone: the file
-still opens and is tiled, only without fast zoomed-out views.
+(Bio-Formats 6+, hence QuPath) that tifffile also reads as one multi-level series. Readers that
+follow only the top-level IFD chain (OpenSlide's generic-TIFF driver, for example) see level 0
+alone: the file still opens, tiled and with its mpp, only without fast zoomed-out views.
 
 Streaming and memory behaviour: see :mod:`uniseg.export.pyramid`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
 from .base import ExportContext, MaskSink, PathLike, PendingFile
+from .ome import CLASSES_NAMESPACE, ome_metadata
 from .pyramid import StreamingPyramidTiff, colormap_from_palette, normalize_compression, reduce_labels_2x
 
 __all__ = ["PyramidTiffMaskSink", "PyramidTiffOutput", "TIFF_SUFFIXES"]
@@ -35,7 +40,7 @@ class PyramidTiffOutput:
     """What a sink writing one streamed pyramidal TIFF needs: its options, the writer thread, finish and abort.
 
     Shared by the class-label mask and the cell-id image, which differ only in sample type, colour map
-    and description.
+    and OME metadata.
     """
 
     def _init_tiff(self, path: PathLike, tile: int, levels: Optional[int], compression: Optional[str],
@@ -47,10 +52,10 @@ class PyramidTiffOutput:
         self.compression = normalize_compression(compression, str(self.path))  # fail at construction
         self._writer: Optional[StreamingPyramidTiff] = None
 
-    def _start_writer(self, ctx: ExportContext, description: dict, **options) -> None:
+    def _start_writer(self, ctx: ExportContext, metadata: dict, **options) -> None:
         self._writer = StreamingPyramidTiff(
             self.path, ctx.height, ctx.width, reduce=reduce_labels_2x, tile=self.tile, levels=self.levels,
-            compression=self.compression, description=json.dumps(description, ensure_ascii=True), mpp=ctx.mpp,
+            compression=self.compression, ome_metadata=metadata, mpp=ctx.mpp,
             bigtiff=self.bigtiff, maxworkers=self.maxworkers, **options)
         self._writer.start()
 
@@ -67,8 +72,8 @@ class PyramidTiffMaskSink(PyramidTiffOutput, MaskSink):
     """Write the label mask as a tiled, pyramidal, palette-coloured TIFF.
 
     Args:
-        path: output file (``.tif``/``.tiff``; ``.ome.tif`` is not used because the description
-            holds uniseg's JSON, not OME-XML).
+        path: output file (``.tif``/``.tiff``; Bio-Formats finds the OME-XML by content, so
+            ``.ome.tif`` is optional).
         tile: tile edge in pixels (multiple of 16).
         levels: number of pyramid levels including full resolution; ``None`` halves until the
             smallest level fits in one tile.
@@ -85,8 +90,12 @@ class PyramidTiffMaskSink(PyramidTiffOutput, MaskSink):
         self._init_tiff(path, tile, levels, compression, bigtiff, maxworkers)
 
     def _open(self, ctx: ExportContext) -> None:
-        self._start_writer(ctx, {"uniseg": "label_mask", **ctx.metadata()}, photometric="palette",
-                           colormap=colormap_from_palette(ctx.palette))
+        metadata = ome_metadata(
+            name=f"{self.path.name}: class labels", channel="class",
+            description=f"uniseg label mask: pixel value = class index (MapAnnotation {CLASSES_NAMESPACE}), "
+                        f"{ctx.ignore_index} = no prediction",
+            uniseg={"uniseg": "label_mask", **ctx.metadata()}, class_names=ctx.classes, palette=ctx.palette)
+        self._start_writer(ctx, metadata, photometric="palette", colormap=colormap_from_palette(ctx.palette))
 
     def _write_band(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray],
                     image: Optional[np.ndarray]) -> None:

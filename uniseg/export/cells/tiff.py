@@ -10,8 +10,10 @@ the top-left pixel. For ids this never invents a value (averaging would create i
 do not exist, or of unrelated ones), keeps a cell that fills most of a block, and lets background
 win where a cell covers a single pixel of it, so small cells vanish gracefully at zoomed-out levels
 instead of turning into noise. The function is dtype-generic, so ids above 65535 are preserved.
-Level 0 carries a JSON ImageDescription (``"uniseg": "cell_ids"``, class names, palette, slide
-origin/scale, mpp) and resolution tags when the pixel size is known.
+The file is an OME-TIFF (:mod:`uniseg.export.ome`): physical pixel size when known, and uniseg's JSON
+(``"uniseg": "cell_ids"``, class names, palette, slide origin/scale, mpp) in the CommentAnnotation
+``uniseg/metadata``; resolution tags carry the pixel size too. No class MapAnnotation: pixel values
+are cell ids, not classes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ..base import ExportContext, PathLike
+from ..ome import ome_metadata
 from ..tiff import PyramidTiffOutput
 from .base import CellSink
 
@@ -46,7 +49,10 @@ class CellLabelTiffSink(PyramidTiffOutput, CellSink):
 
     def _open(self, ctx: ExportContext) -> None:
         meta = {key: value for key, value in ctx.metadata().items() if key != "ignore_index"}  # ids, not labels
-        self._start_writer(ctx, {"uniseg": "cell_ids", **meta}, dtype=np.uint32)
+        metadata = ome_metadata(
+            name=f"{self.path.name}: cell ids", channel="cell id", uniseg={"uniseg": "cell_ids", **meta},
+            description="uniseg cell-id image: pixel value = cell id of the cell table and GeoJSON, 0 = no cell")
+        self._start_writer(ctx, metadata, dtype=np.uint32)
 
     def _write_band(self, y0: int, ids: np.ndarray) -> None:
         self._writer.write_rows(ids)
