@@ -68,6 +68,11 @@ def test_template_path_and_class_subset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
 
+def test_ome_template_keeps_the_double_suffix(tmp_path):
+    paths = _write(tmp_path / "slide.OME.tiff", _probs(20, 20), classes=[1], tile=16)
+    assert [p.name for p in paths] == ["slide_tumor.OME.tiff"]
+
+
 def test_missing_probabilities_raise_and_abort_removes_created_dir(tmp_path):
     sink = ProbabilityMapSink(tmp_path / "probs", tile=16)
     sink.open(ExportContext(20, 20, CLASSES))

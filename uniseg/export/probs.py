@@ -14,7 +14,8 @@ Each file is written with :class:`~uniseg.export.pyramid.StreamingPyramidTiff` (
 the label-mask TIFF), with reduced levels from rounded 2x2 means, as an OME-TIFF whose channel is
 named after the class and shown in its palette colour (:mod:`uniseg.export.ome`). Memory is about two tile-high
 strips per exported class. Files are named ``<dir>/<class>.tif`` when given a directory, or
-``<stem>_<class><suffix>`` next to a given ``.tif`` path; class names are made file-safe.
+``<stem>_<class><suffix>`` next to a given ``.tif`` path (``x.ome.tif`` gives ``x_<class>.ome.tif``);
+class names are made file-safe.
 All files appear together when committed.
 """
 from __future__ import annotations
@@ -76,6 +77,8 @@ class ProbabilityMapSink(MaskSink):
                              f"file names {stems}; rename the classes")
         if self.target.suffix.lower() in TIFF_SUFFIXES:
             stem, suffix = self.target.stem, self.target.suffix
+            if stem.lower().endswith(".ome"):  # keep the OME-TIFF double suffix at the end
+                stem, suffix = stem[:-4], stem[-4:] + suffix
             return [self.target.with_name(f"{stem}_{s}{suffix}") for s in stems]
         return [self.target / f"{s}.tif" for s in stems]
 
