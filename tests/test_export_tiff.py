@@ -144,6 +144,7 @@ def test_fixed_level_count_and_compression(tmp_path):
     path = _write(tmp_path / "m.tiff", mask, band=33, tile=16, levels=1, compression="lzw")[0]
     with tifffile.TiffFile(path) as tif:
         assert len(tif.series[0].levels) == 1 and tif.pages[0].subifds is None
+        assert tif.is_ome and read_uniseg_metadata(tif)["uniseg"] == "label_mask"  # OME without a pyramid too
         assert tif.pages[0].compression == tifffile.COMPRESSION.LZW
         np.testing.assert_array_equal(tif.asarray(), mask)
 
