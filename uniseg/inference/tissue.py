@@ -223,9 +223,11 @@ def mask_downsample(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_M
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation in [0, 1] as float32; 0 where the brightest channel is below 10% (no meaningful hue)."""
-    arr = rgb.astype(np.float32) / 255.0
-    mx, mn = arr.max(axis=-1), arr.min(axis=-1)
-    return np.where(mx >= _DARK, (mx - mn) / np.maximum(mx, 1e-6), 0.0).astype(np.float32)
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)  # uint8: no float copy of the RGB (12 bytes per pixel)
+    sat = (mx - mn).astype(np.float32)
+    sat /= np.maximum(mx, 1)
+    sat[mx < _DARK * 255] = 0.0
+    return sat
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: Tuple[float, float] = (0.0, 1.0)) -> float:
@@ -234,7 +236,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: Tuple[float
     Values ``> threshold`` are the upper class. A constant input (one occupied bin) returns the
     upper edge of that bin, so everything is in the lower class; callers clamp the result.
     """
-    hist, edges = np.histogram(np.asarray(values, np.float64).ravel(), bins=bins, range=value_range)
+    hist, edges = np.histogram(np.ravel(values), bins=bins, range=value_range)  # no float64 copy of a big mask
     total = hist.sum()
     if total == 0:
         return float(edges[-1])
@@ -265,22 +267,24 @@ def clean_mask(mask: np.ndarray, closing_px: int, min_object_px: int) -> np.ndar
     """Close gaps (disk of radius ``closing_px``), fill holes, drop objects below ``min_object_px`` pixels."""
     from scipy import ndimage
 
+    # Intermediates are dropped as soon as possible: this runs on masks of up to max_side**2 pixels.
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask.copy()
     if closing_px > 0:
         # Pad so that the closing does not treat the image border as tissue-free (it would erode there).
         pad = closing_px + 1
-        padded = np.pad(mask, pad, mode="edge")
-        mask = ndimage.binary_closing(padded, structure=_disk(closing_px))[pad:-pad, pad:-pad]
+        closed = ndimage.binary_closing(np.pad(mask, pad, mode="edge"), structure=_disk(closing_px))
+        mask = closed[pad:-pad, pad:-pad].copy()
+        del closed
     mask = ndimage.binary_fill_holes(mask)
     if min_object_px > 1:
         labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
         if n:
-            sizes = np.bincount(labels.ravel(), minlength=n + 1)
-            keep = sizes >= min_object_px
+            keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_object_px
             keep[0] = False
             mask = keep[labels]
+        del labels
     return mask
 
 
@@ -294,9 +298,12 @@ def detect_tissue(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MAS
     side at most ``max_side``), shrinking it by block averages in chunks when it is finer. Level 0
     of a pyramid whose coarse levels suffice is never touched.
 
-    Memory: about 16 bytes per mask pixel (overview RGB, saturation, morphology, summed-area table),
-    so at most ~270 MB at the default ``max_side`` of 4096 (a 100k x 50k px slide at 0.25 um/px
-    gives a 3125 x 1563 mask: ~80 MB), plus one read chunk of 2048 x 2048 level pixels (12 MiB).
+    Memory: at most about 16 bytes per mask pixel, at the morphology step (the overview RGB kept
+    for the thumbnail, an int32 label image, a few boolean copies), plus one read chunk of under
+    10 MiB (see :func:`~uniseg.io.overview.read_overview`): ~270 MB for the largest mask the default
+    ``max_side`` of 4096 allows; measured 158 MB for a 100k x 100k px slide at 0.25 um/px (a
+    3125 x 3125 mask). :meth:`TissueMask.window_selection` later adds a summed-area table of 4
+    bytes per mask pixel.
 
     Without a known mpp, ``closing_um`` / ``min_object_um2`` are replaced by
     :data:`DEFAULT_CLOSING_PX` / :data:`DEFAULT_MIN_OBJECT_PX` mask pixels.
@@ -307,13 +314,15 @@ def detect_tissue(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MAS
     view = read_overview(reader, mask_downsample(reader, target_mpp, max_side))
     sat = saturation(view.rgb)
     threshold = float(np.clip(otsu_threshold(sat), lo, hi))
+    tissue = sat > threshold
+    del sat
     if reader.mpp is not None:
         mask_um = (view.scale[0] * reader.mpp[0], view.scale[1] * reader.mpp[1])
         closing_px = int(round(closing_um / max(mask_um)))
         min_object_px = int(math.ceil(min_object_um2 / (mask_um[0] * mask_um[1])))
     else:
         closing_px, min_object_px = DEFAULT_CLOSING_PX, DEFAULT_MIN_OBJECT_PX
-    mask = clean_mask(sat > threshold, closing_px, min_object_px)
+    mask = clean_mask(tissue, closing_px, min_object_px)
     return TissueMask(mask=mask, origin=view.origin, scale=view.scale, mpp=reader.mpp,
                       source="detected: Otsu on HSV saturation", threshold=threshold,
                       overview=view.rgb if keep_overview else None)

@@ -24,8 +24,8 @@ from .slide import SlideReader
 
 __all__ = ["Overview", "overview_level", "read_overview"]
 
-#: Level pixels per chunk side: a chunk is at most 2048 x 2048 RGB (12 MiB) plus its block sums.
-DEFAULT_CHUNK = 2048
+#: Level pixels per chunk side: a chunk is at most 1024 x 1024 RGB (3 MiB) plus its block sums.
+DEFAULT_CHUNK = 1024
 # A level whose downsample exceeds the target by less than this still counts as fine enough
 # (odd slide dimensions make a 4x level 4.0003).
 _TOLERANCE = 0.01
@@ -70,8 +70,9 @@ def read_overview(reader: SlideReader, downsample: float, region: Optional[Regio
     """The slide (or level-0 ``region``) at about ``downsample`` level-0 pixels per pixel, never finer.
 
     Memory: the result (3 bytes per overview pixel) plus one chunk of at most
-    ``max(chunk, factor)**2`` level pixels (3 bytes each) and its block sums (24 bytes per overview
-    pixel of the chunk); the level itself is never loaded whole.
+    ``max(chunk, factor)**2`` level pixels, held about three times over (the read, its placement in
+    whole blocks, row sums: under 10 bytes per level pixel, 10 MiB at the default ``chunk`` of
+    1024); the level itself is never loaded whole.
     """
     w0, h0 = reader.dimensions
     region = Region(0, 0, w0, h0) if region is None else region
@@ -97,6 +98,14 @@ def read_overview(reader: SlideReader, downsample: float, region: Optional[Regio
                     level=level, factor=factor)
 
 
+def _sum_type(count: int) -> type:
+    """The narrowest unsigned type that holds a sum of ``count`` uint8 values."""
+    for dtype in (np.uint16, np.uint32):
+        if count * 255 <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
 def _reduce_chunk(reader: SlideReader, level: int, xa: int, ya: int, bx: int, by: int, factor: int,
                   count_x: np.ndarray, count_y: np.ndarray, lw: int, lh: int) -> np.ndarray:
     """Block means of the ``by`` x ``bx`` blocks whose top-left level pixel is ``(xa, ya)``."""
@@ -107,8 +116,14 @@ def _reduce_chunk(reader: SlideReader, level: int, xa: int, ya: int, bx: int, by
         return out
     padded = np.zeros((by * factor, bx * factor, 3), np.uint8)
     padded[y0 - ya:y1 - ya, x0 - xa:x1 - xa] = reader.read_level(x0, y0, x1 - x0, y1 - y0, level)
-    sums = padded.reshape(by, factor, bx, factor, 3).sum(axis=(1, 3), dtype=np.uint64)
-    counts = count_y[:, None] * count_x[None, :]
+    # One axis at a time: a sum over both at once may cast the whole chunk to uint64 (8x its size).
+    rows = padded.reshape(by * factor, bx, factor, 3).sum(axis=2, dtype=_sum_type(factor))
+    del padded
+    means = rows.reshape(by, factor, bx, 3).sum(axis=1, dtype=_sum_type(factor * factor)).astype(np.float32)
+    del rows
+    counts = (count_y[:, None] * count_x[None, :]).astype(np.float32)
     inside = counts > 0
-    out[inside] = np.rint(sums[inside] / counts[inside][:, None]).astype(np.uint8)
+    means /= np.maximum(counts, 1.0)[..., None]
+    np.rint(means, out=means)
+    out[inside] = means[inside].astype(np.uint8)
     return out
