@@ -123,6 +123,7 @@ def test_otsu_matches_the_exhaustive_search():
 def test_a_blank_slide_gives_an_empty_mask_and_no_windows():
     rng = np.random.default_rng(1)
     glass = np.clip(rng.normal(243, 2.5, (1500, 2000, 3)), 0, 255).astype(np.uint8)  # colour noise on glass
+    glass[:, :320] = (12, 4, 16)  # scanner padding: near black with a tint, i.e. "saturated" to HSV
     reader = PlainImageReader.from_array(glass, "blank.png", mpp=0.5)
     assert otsu_threshold(saturation(read_overview(reader, 16).rgb)) < 0.05  # what the lower bound guards
     tissue = detect_tissue(reader)
