@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..io.region import RegionSource
     from .tiling import TileGrid
 
-__all__ = ["tissue_fraction", "TissueMask", "detect_tissue", "mask_downsample", "otsu_threshold",
+__all__ = ["tissue_fraction", "TissueMask", "detect_tissue", "selection_summary", "mask_downsample", "otsu_threshold",
            "saturation", "clean_mask", "DEFAULT_MASK_MPP", "DEFAULT_MAX_SIDE", "DEFAULT_MIN_FRACTION",
            "OTSU_BOUNDS"]
 
@@ -205,12 +205,13 @@ def _coverage(origin: float, step: float, n: int, lo: float, hi: float) -> np.nd
 
 # ---------------------------------------------------------------------------- detection
 def mask_downsample(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MASK_MPP,
-                    max_side: int = DEFAULT_MAX_SIDE) -> float:
-    """Level-0 pixels per mask pixel: ``target_mpp`` / the slide's mpp, coarsened so the long side fits
-    ``max_side``; without a known mpp (or ``target_mpp=None``) the long side is ``min(max_side, 2048)``."""
+                    max_side: int = DEFAULT_MAX_SIDE, region: Optional[Region] = None) -> float:
+    """Level-0 pixels per mask pixel: ``target_mpp`` / the slide's mpp, coarsened so the long side of
+    the slide (or ``region``) fits ``max_side``; without a known mpp (or ``target_mpp=None``) the long
+    side is ``min(max_side, 2048)``."""
     if max_side < 1:
         raise ValueError(f"{reader.path}: the tissue mask's maximum side must be positive, got {max_side}")
-    longest = max(reader.dimensions)
+    longest = max(reader.dimensions) if region is None else max(region.w, region.h)
     if target_mpp is None or reader.mpp is None:
         downsample = longest / min(max_side, DEFAULT_UNKNOWN_MPP_SIDE)
     else:
@@ -291,8 +292,11 @@ def clean_mask(mask: np.ndarray, closing_px: int, min_object_px: int) -> np.ndar
 def detect_tissue(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MASK_MPP,
                   max_side: int = DEFAULT_MAX_SIDE, *, closing_um: float = DEFAULT_CLOSING_UM,
                   min_object_um2: float = DEFAULT_MIN_OBJECT_UM2, bounds: Tuple[float, float] = OTSU_BOUNDS,
-                  keep_overview: bool = True) -> TissueMask:
-    """Detect tissue on a low-resolution overview of the whole slide (see the module doc).
+                  keep_overview: bool = True, region: Optional[Region] = None) -> TissueMask:
+    """Detect tissue on a low-resolution overview of the whole slide, or of level-0 ``region`` (see the module doc).
+
+    Give ``region`` when only a region of interest is segmented: on a single-level file the
+    overview of the whole slide means reading all of it. The threshold is then the region's own.
 
     Reads the coarsest level at least as fine as :func:`mask_downsample` (``target_mpp`` um/px, long
     side at most ``max_side``), shrinking it by block averages in chunks when it is finer. Level 0
@@ -311,7 +315,7 @@ def detect_tissue(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MAS
     lo, hi = float(bounds[0]), float(bounds[1])
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"saturation threshold bounds must satisfy 0 <= low <= high <= 1, got {bounds}")
-    view = read_overview(reader, mask_downsample(reader, target_mpp, max_side))
+    view = read_overview(reader, mask_downsample(reader, target_mpp, max_side, region), region)
     sat = saturation(view.rgb)
     threshold = float(np.clip(otsu_threshold(sat), lo, hi))
     tissue = sat > threshold
@@ -326,3 +330,12 @@ def detect_tissue(reader: SlideReader, target_mpp: Optional[float] = DEFAULT_MAS
     return TissueMask(mask=mask, origin=view.origin, scale=view.scale, mpp=reader.mpp,
                       source="detected: Otsu on HSV saturation", threshold=threshold,
                       overview=view.rgb if keep_overview else None)
+
+
+def selection_summary(tissue: TissueMask, select: np.ndarray, region: Optional[Region] = None) -> dict:
+    """What a run summary reports: the mask, the tissue area (in ``region``, level-0) and the windows skipped."""
+    select = np.asarray(select, bool)
+    area = tissue.tissue_area_mm2(region)
+    return {"tissue_mask": tissue.describe(), "tissue_area_mm2": None if area is None else round(area, 6),
+            "windows_total": int(select.size), "windows_run": int(select.sum()),
+            "windows_skipped": int(select.size - select.sum())}
