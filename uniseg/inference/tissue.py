@@ -90,6 +90,7 @@ class TissueMask:
     and ``y`` likewise with ``i``. ``mpp`` is the slide's level-0 resolution (None if unknown);
     ``source`` says where the mask came from (for the summary); ``overview`` is the RGB the mask
     was detected on (same grid), kept for the thumbnail so that it needs no second read.
+    Treat ``mask`` as read-only: window counts come from a summed-area table computed once.
     """
 
     mask: np.ndarray

@@ -156,14 +156,15 @@ def _polygons(path: Path) -> List:
     return polygons
 
 
-def _fixed_point(ring, origin: tuple, scale: tuple, offset: tuple) -> np.ndarray:
-    """Level-0 ring -> cv2 fixed-point vertices in a canvas whose pixel (0, 0) is mask pixel ``offset``.
+def _fixed_point(ring, scale: tuple, offset: tuple) -> np.ndarray:
+    """Level-0 ring -> cv2 fixed-point vertices on a canvas whose pixel (0, 0) is mask pixel ``offset``
+    (the mask starts at level-0 (0, 0) and has ``scale`` level-0 pixels per pixel).
 
     cv2 puts integer coordinates at pixel centres, so mask pixel ``j`` spans ``[j - 0.5, j + 0.5)``.
     """
     xy = np.asarray(ring.coords, np.float64)[:, :2]
-    u = (xy[:, 0] - origin[0]) / scale[0] - 0.5 - offset[0]
-    v = (xy[:, 1] - origin[1]) / scale[1] - 0.5 - offset[1]
+    u = xy[:, 0] / scale[0] - 0.5 - offset[0]
+    v = xy[:, 1] / scale[1] - 0.5 - offset[1]
     return np.round(np.stack([u, v], axis=1) * (1 << _SHIFT)).astype(np.int32)
 
 
@@ -187,8 +188,8 @@ def tissue_from_geojson(path: PathLike, reader: SlideReader, target_mpp: Optiona
         if j1 <= j0 or i1 <= i0:
             continue  # entirely outside the slide
         canvas = np.zeros((i1 - i0, j1 - j0), np.uint8)
-        cv2.fillPoly(canvas, [_fixed_point(polygon.exterior, (0.0, 0.0), scale, (j0, i0))], 1, cv2.LINE_8, _SHIFT)
-        holes = [_fixed_point(r, (0.0, 0.0), scale, (j0, i0)) for r in polygon.interiors]
+        cv2.fillPoly(canvas, [_fixed_point(polygon.exterior, scale, (j0, i0))], 1, cv2.LINE_8, _SHIFT)
+        holes = [_fixed_point(r, scale, (j0, i0)) for r in polygon.interiors]
         if holes:
             cv2.fillPoly(canvas, holes, 0, cv2.LINE_8, _SHIFT)
             cv2.polylines(canvas, holes, True, 1, 1, cv2.LINE_8, _SHIFT)  # pixels a hole's edge crosses stay in
