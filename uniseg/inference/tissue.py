@@ -19,6 +19,9 @@ Detection, and why this way:
   variance), clamped to :data:`OTSU_BOUNDS`. The lower bound keeps a blank slide blank: with no
   tissue, Otsu would split the colour noise of the glass into two classes. The upper bound keeps a
   region that is all tissue whole: with no glass, Otsu would split pale eosin from hematoxylin.
+  It also keeps pale stroma in on ordinary slides: on CMU-1-Small-Region Otsu says 0.19, and at
+  0.15 the mask finds 97.9% of the blocks the full-resolution :func:`tissue_fraction` rule calls
+  tissue, against 96.0% at 0.19.
 * Morphology (scipy.ndimage): a closing joins tissue torn by the threshold, holes are filled (fat,
   lumens and tears inside tissue are segmented too: the model decides what they are), and objects
   below a minimum area are removed (dust, debris, bubble edges).
