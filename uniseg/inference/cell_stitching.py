@@ -61,7 +61,7 @@ from .options import BORDER_CELLS, check_num_workers
 from .ordered_writer import OrderedWriter
 from .tiling import TileGrid, axis_starts
 from .tissue import tissue_fraction
-from .window_reader import PipelineTimes, RowWindows, WindowBatch, WindowReader
+from .window_reader import PipelineTimes, RecentRows, WindowBatch, WindowReader
 
 __all__ = ["CellPredictor", "CellStitcher", "CellStats", "axis_cores", "cell_summary", "BORDER_CELLS"]
 
@@ -183,9 +183,9 @@ class CellStitcher:
 
         ``select``: ``None`` or a bool array (tile rows, tile columns of the window grid); windows
         that are ``False`` are never read, hold no cells (as windows below ``tissue_threshold``)
-        and count as skipped. Tissue pixels are counted once each, in the rows a tile row
-        finishes, over the columns its selected windows read; pixels that no selected window of
-        that tile row read count as no tissue (with every window selected: the whole ROI, as before).
+        and count as skipped. Tissue pixels are counted once each over the pixels that selected
+        windows read; pixels that no selected window read count as no tissue (with every window
+        selected: the whole ROI, as before).
         """
         return _StitchRun(self, source, sinks, progress, select).run()
 
@@ -225,12 +225,13 @@ class _StitchRun:
         bar = progress_bar(len(grid), self.progress)
         start = time.perf_counter()
         times = self.stats.times
+        recent = RecentRows(th)
         with OrderedWriter(background=cfg.num_workers > 0) as writer, closing(reader.rows()) as rows:
             self.writer = writer
             for row in rows:
                 y0, finished = row.y0, row.finished
                 model_start = time.perf_counter()
-                self._count_tissue(row, finished - y0)
+                self._count_tissue(recent.image(row, finished - y0))
                 for batch in row.batches:
                     for x, instances in zip(batch.xs, self._predict(batch)):
                         self._add_window(y0, x, th, tw, instances)
@@ -272,15 +273,13 @@ class _StitchRun:
         self.stats.windows_skipped += int((~keep).sum())
         return results
 
-    def _count_tissue(self, row: RowWindows, rows: int) -> None:
-        """Tissue pixels of the ``rows`` top rows of a tile row (the ones no later row reads again), over
-        the spans read, in window-wide chunks (bounded temporaries). Pixels no selected window of this
-        tile row read count as no tissue (see :meth:`CellStitcher.run`)."""
+    def _count_tissue(self, rows: np.ndarray) -> None:
+        """Tissue pixels of rows that no later tile row reads, in window-wide chunks (bounded temporaries).
+        Pixels no selected window read are white there, which the tissue test never passes."""
         step = self.grid.tile_width
-        for x0, pixels in row.spans:
-            for x in range(0, pixels.shape[1], step):
-                chunk = pixels[:rows, x:x + step]
-                self.stats.tissue_pixels += int(round(tissue_fraction(chunk) * chunk.shape[0] * chunk.shape[1]))
+        for x in range(0, self.width, step):
+            chunk = rows[:, x:x + step]
+            self.stats.tissue_pixels += int(round(tissue_fraction(chunk) * chunk.shape[0] * chunk.shape[1]))
 
     # ------------------------------------------------------------------ candidates and links
     def _add_window(self, wy: int, wx: int, th: int, tw: int, instances: Optional[InstanceMap]) -> None:

@@ -27,7 +27,7 @@ from .options import check_num_workers, check_pair, check_window_options
 from .ordered_writer import OrderedWriter
 from .tiling import DEFAULT_WINDOW, TileGrid, blend_window
 from .tissue import tissue_fraction
-from .window_reader import PipelineTimes, RowWindows, WindowBatch, WindowReader
+from .window_reader import PipelineTimes, RecentRows, WindowBatch, WindowReader
 
 __all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource", "progress_bar"]
 
@@ -163,6 +163,7 @@ class SlidingWindowInferencer:
         stats = InferenceStats(class_pixels=[0] * classes)
         reader = WindowReader(source, grid, self.batch_size, select=select, num_workers=self.num_workers,
                               pin_memory=self.device.type == "cuda")
+        recent = RecentRows(th)  # the sinks' image: what this and earlier tile rows read of the finished rows
         bar = progress_bar(len(grid), progress)
         start = time.perf_counter()
         with OrderedWriter(background=self.num_workers > 0) as writer, closing(reader.rows()) as rows:
@@ -183,7 +184,7 @@ class SlidingWindowInferencer:
                 model_start = time.perf_counter()
                 labels, probs = self._finish(band_scores[:, :n], band_weight[:n])
                 stats.times.model += time.perf_counter() - model_start
-                writer.submit(self._emit, y0, labels, probs, row, sinks, stats, on_band)
+                writer.submit(self._emit, y0, labels, probs, recent.image(row, n), sinks, stats, on_band)
                 band_scores = torch.roll(band_scores, -n, dims=1)
                 band_weight = torch.roll(band_weight, -n, dims=0)
                 band_scores[:, th - n:] = 0
@@ -223,9 +224,8 @@ class SlidingWindowInferencer:
             probs = (norm * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return labels, probs
 
-    def _emit(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray], row: RowWindows, sinks: Sequence,
+    def _emit(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray], image: np.ndarray, sinks: Sequence,
               stats: InferenceStats, on_band) -> None:
-        image = row.image(labels.shape[0])
         # per class, not np.bincount: that would copy the band as int64 (8 bytes per pixel)
         for c in range(self.num_classes):
             stats.class_pixels[c] += int(np.count_nonzero(labels == c))

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ import torch
 from ..io.slide import white
 from .tiling import TileGrid
 
-__all__ = ["WindowBatch", "RowWindows", "WindowReader", "PipelineTimes", "check_select"]
+__all__ = ["WindowBatch", "RowWindows", "RecentRows", "WindowReader", "PipelineTimes", "check_select"]
 
 
 @dataclass
@@ -85,14 +85,36 @@ class RowWindows:
     spans: List[Tuple[int, np.ndarray]] = field(default_factory=list)
     width: int = 0
 
-    def image(self, rows: int) -> np.ndarray:
-        """The first ``rows`` rows of the tile row at full width as read; unread areas are white."""
+    def image(self, rows: int, earlier: Sequence["RowWindows"] = ()) -> np.ndarray:
+        """The first ``rows`` rows of this tile row at full width, as read by this row's windows and by
+        the ``earlier`` rows' windows that reach down into them; pixels no selected window read are white.
+
+        With every window selected this is the strip the row read (no copy).
+        """
         if len(self.spans) == 1 and self.spans[0][0] == 0 and self.spans[0][1].shape[1] == self.width:
             return self.spans[0][1][:rows]
         out = white(rows, self.width)
-        for x0, pixels in self.spans:
-            out[:, x0:x0 + pixels.shape[1]] = pixels[:rows]
+        for row in list(earlier) + [self]:  # this row last: its own reads win
+            top = self.y0 - row.y0  # this row's first line, in the earlier row's strip
+            for x0, pixels in row.spans:
+                part = pixels[top:top + rows]
+                out[:part.shape[0], x0:x0 + pixels.shape[1]] = part
         return out
+
+
+class RecentRows:
+    """The tile rows whose windows reach into the rows the next tile row finishes (for
+    :meth:`RowWindows.image`): windows of a tile row reach one tile height down, past later row starts."""
+
+    def __init__(self, tile_height: int):
+        self.tile_height = tile_height
+        self.rows: List[RowWindows] = []
+
+    def image(self, row: RowWindows, rows: int) -> np.ndarray:
+        self.rows = [r for r in self.rows if r.y0 + self.tile_height > row.y0]
+        image = row.image(rows, self.rows)
+        self.rows.append(row)
+        return image
 
 
 def check_select(select, grid: TileGrid) -> Optional[np.ndarray]:
