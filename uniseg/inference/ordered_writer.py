@@ -44,6 +44,7 @@ class OrderedWriter:
             start = time.perf_counter()
             fn(*args, **kwargs)
             self.seconds += time.perf_counter() - start
+            self.wait_seconds += time.perf_counter() - start  # the model's thread did the writing
             return
         self._raise_if_failed()
         start = time.perf_counter()
@@ -53,6 +54,8 @@ class OrderedWriter:
                 break
             except queue.Full:
                 self._raise_if_failed()  # a failed writer takes nothing more: do not wait for it forever
+                if not self._thread.is_alive():
+                    raise RuntimeError("the output writer thread stopped")
         self.wait_seconds += time.perf_counter() - start
 
     def close(self) -> None:

@@ -165,7 +165,10 @@ class WindowReader:
         n = len(self._row_ends)
         if self.num_workers <= 0:
             for r in range(n):
-                yield self._read_row(r)
+                start = time.perf_counter()
+                row = self._read_row(r)
+                self.times.read_wait += time.perf_counter() - start  # the model waits for every read
+                yield row
             return
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="uniseg-read")
         pending: deque = deque()
