@@ -232,7 +232,7 @@ class _StitchRun:
                 y0, finished = row.y0, row.finished
                 model_start = time.perf_counter()
                 self._count_tissue(recent.image(row, finished - y0))
-                for batch in row.batches:
+                for batch in row.pop_batches():
                     for x, instances in zip(batch.xs, self._predict(batch)):
                         self._add_window(y0, x, th, tw, instances)
                     bar.update(len(batch.xs))

@@ -169,7 +169,7 @@ class SlidingWindowInferencer:
         with OrderedWriter(background=self.num_workers > 0) as writer, closing(reader.rows()) as rows:
             for row in rows:
                 y0 = row.y0  # the band always starts at the current tile row (earlier rows were emitted)
-                for batch in row.batches:
+                for batch in row.pop_batches():
                     model_start = time.perf_counter()
                     scores, skipped = self._scores_for(batch)
                     for x, s in zip(batch.xs, scores):

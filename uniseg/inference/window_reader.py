@@ -27,8 +27,8 @@ are copied into page-locked memory in the reader thread, so the runner's host-to
 can be asynchronous (``non_blocking=True``).
 
 ``num_workers=0`` reads in the calling thread, when asked for the row: no threads at all.
-At most ``prefetch`` rows (default ``2 * num_workers``) are read ahead, so memory stays bounded by a
-few strips.
+At most ``prefetch`` rows (default ``num_workers + 1``) are read ahead, so memory stays bounded by
+a few strips (one tile high, the ROI's width; with pinning, plus their windows stacked).
 """
 from __future__ import annotations
 
@@ -64,13 +64,24 @@ class PipelineTimes:
 @dataclass
 class WindowBatch:
     """Consecutive windows of one tile row: ``xs`` (column starts, in order), ``selected`` per
-    window, and the pixels ``tiles`` (n_selected, th, tw, 3) of the selected ones; ``tensor`` is the
-    same memory as a (pinned) torch tensor when the reader pins, else ``None``."""
+    window, and the selected windows' pixels: ``windows`` (views of the row's spans) or, when the
+    reader pins, ``tensor`` (n_selected, th, tw, 3) in page-locked memory, stacked by the reader."""
 
     xs: List[int]
     selected: np.ndarray
-    tiles: np.ndarray
+    windows: List[np.ndarray]
+    shape: Tuple[int, int]
     tensor: Optional[torch.Tensor] = None
+
+    @property
+    def tiles(self) -> np.ndarray:
+        """The selected windows as one (n_selected, th, tw, 3) array (stacked now unless pinned:
+        so that rows waiting in the queue hold their strip once, not once more as batches)."""
+        if self.tensor is not None:
+            return self.tensor.numpy()
+        if not self.windows:
+            return np.zeros((0, *self.shape, 3), np.uint8)
+        return np.stack(self.windows)
 
 
 @dataclass
@@ -84,6 +95,12 @@ class RowWindows:
     batches: List[WindowBatch]
     spans: List[Tuple[int, np.ndarray]] = field(default_factory=list)
     width: int = 0
+
+    def pop_batches(self) -> List[WindowBatch]:
+        """The batches, handed over once: the row no longer holds them (an earlier row kept for
+        :meth:`image` then holds only its strip)."""
+        batches, self.batches = self.batches, []
+        return batches
 
     def image(self, rows: int, earlier: Sequence["RowWindows"] = ()) -> np.ndarray:
         """The first ``rows`` rows of this tile row at full width, as read by this row's windows and by
@@ -155,7 +172,7 @@ class WindowReader:
         self.batch_size = max(1, int(batch_size))
         self.select = check_select(select, grid)
         self.num_workers = int(num_workers)
-        self.prefetch = max(1, int(prefetch) if prefetch is not None else 2 * self.num_workers)
+        self.prefetch = max(1, int(prefetch) if prefetch is not None else self.num_workers + 1)
         self.pin_memory = bool(pin_memory)
         self.times = PipelineTimes()
         self._lock = threading.Lock()
@@ -220,12 +237,10 @@ class WindowReader:
     def _batch(self, xs: List[int], selected: np.ndarray, chosen: List[np.ndarray]) -> WindowBatch:
         mask = np.array(selected, bool)
         th, tw = self.grid.tile_height, self.grid.tile_width
-        if not chosen:
-            return WindowBatch(list(xs), mask, np.zeros((0, th, tw, 3), np.uint8))
-        if self.pin_memory:
+        if self.pin_memory and chosen:
             tensor = torch.empty((len(chosen), th, tw, 3), dtype=torch.uint8).pin_memory()
             tiles = tensor.numpy()
             for i, window in enumerate(chosen):
                 tiles[i] = window
-            return WindowBatch(list(xs), mask, tiles, tensor)
-        return WindowBatch(list(xs), mask, np.stack(chosen))
+            return WindowBatch(list(xs), mask, [], (th, tw), tensor)
+        return WindowBatch(list(xs), mask, list(chosen), (th, tw))
