@@ -127,7 +127,8 @@ class SlidingWindowInferencer:
         """
         if not isinstance(tiles, torch.Tensor):
             tiles = torch.from_numpy(np.ascontiguousarray(tiles))
-        x = tiles.to(self.device, non_blocking=tiles.is_pinned()).permute(0, 3, 1, 2).float()
+        pinned = self.device.type == "cuda" and tiles.is_pinned()
+        x = tiles.to(self.device, non_blocking=pinned).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         h, w = x.shape[-2:]
         metas = [dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)) for _ in range(x.shape[0])]
