@@ -226,6 +226,28 @@ def test_failure_midway_leaves_no_partial_outputs(tmp_path):
     assert list(out.iterdir()) == []  # the folder was prepared, nothing of this input is in it
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sink_failing_in_the_writer_thread_leaves_no_outputs(tmp_path, monkeypatch, workers):
+    from uniseg.export.png import IndexedPngSink
+
+    original, calls = IndexedPngSink._write_band, []
+
+    def fails_on_the_second_band(self, *args):
+        calls.append(__import__("threading").current_thread().name)
+        if len(calls) == 2:
+            raise OSError("disk full (test)")
+        return original(self, *args)
+
+    monkeypatch.setattr(IndexedPngSink, "_write_band", fails_on_the_second_band)
+    slide = _pyramid(tmp_path / "s.tif", np.full((512, 512, 3), 200, np.uint8), mpp=0.5)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        segment_file(_segmentor(), str(slide), str(out), formats=["png", "overlay"], tile=(64, 64), progress=False,
+                     num_workers=workers)
+    assert len(calls) == 2 and set(calls) == {"MainThread" if workers == 0 else "uniseg-writer"}
+    assert list(out.iterdir()) == []  # nothing of this input was written
+
+
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory):
     """A checkpoint of the demo config's tiny model, in tools/train.py's format."""
@@ -465,6 +487,7 @@ BAD_OPTIONS = [  # (segment_file keyword, value, CLI arguments, expected words)
     ("tissue_threshold", -0.1, ["--tissue-threshold", "-0.1"], r"--tissue-threshold \(tissue_threshold\)"),
     ("batch_size", 0, ["--batch-size", "0"], r"--batch-size \(batch_size\) must be an integer >= 1"),
     ("batch_size", -2, ["--batch-size", "-2"], r"--batch-size \(batch_size\)"),
+    ("num_workers", -1, ["--workers", "-1"], r"--workers \(num_workers\) must be an integer >= 0"),
     ("tile", (0, 64), ["--tile", "0,64"], r"--tile \(tile\) must be a positive integer"),
     ("stride", (65, 65), ["--tile", "64", "--stride", "65"], r"--stride \(stride\) \(65, 65\) is larger than"),
     ("level", -1, ["--level", "-1"], r"--level \(level\) must be a pyramid level >= 0"),

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (>= 1)")
     p.add_argument("--tissue-threshold", type=float, default=None,
                    help="skip windows with less tissue than this fraction in [0, 1] (labelled background; no cells)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads reading windows ahead of the model, plus one writing the outputs (>= 0; 0: all in "
+                        "one thread; default: the CPU count - 1, at most 4); results are the same")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-progress", action="store_true")
@@ -134,7 +137,8 @@ def _segment_options(args: argparse.Namespace) -> dict:
                 slide_mpp=args.slide_mpp, tile=args.tile, stride=args.stride, batch_size=args.batch_size,
                 window=args.window, tissue_threshold=args.tissue_threshold, export_options=export_options,
                 score_thr=args.score_thr, min_visible=args.min_visible, max_per_window=args.max_per_window,
-                duplicate_overlap=args.duplicate_overlap, edge_width=args.edge_width, border_cells=args.border_cells)
+                duplicate_overlap=args.duplicate_overlap, edge_width=args.edge_width, border_cells=args.border_cells,
+                num_workers=args.workers)
 
 
 def parse_args(argv=None, parser: argparse.ArgumentParser = None) -> argparse.Namespace:

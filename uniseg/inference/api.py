@@ -31,7 +31,7 @@ from torch import nn
 
 from ..utils.atomic import OutputWriteError, PendingFile, publish_together, recover_folder
 from ..utils.palette import resolve_palette
-from .options import DEFAULT_FORMATS, check_pair, check_segment_options, format_table
+from .options import DEFAULT_FORMATS, check_pair, check_segment_options, default_num_workers, format_table
 from .tiling import DEFAULT_WINDOW
 
 __all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "window_defaults", "segment_file",
@@ -347,7 +347,8 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                  export_options: Optional[Dict[str, dict]] = None, allow_partial: bool = False, *,
                  score_thr: Optional[float] = None, min_visible: Optional[float] = None,
                  max_per_window: Optional[int] = None, duplicate_overlap: Optional[float] = None,
-                 edge_width: Optional[int] = None, border_cells: Optional[str] = None) -> dict:
+                 edge_width: Optional[int] = None, border_cells: Optional[str] = None,
+                 num_workers: Optional[int] = None) -> dict:
     """Segment one file (or one region of it) and write the requested outputs; returns the summary.
 
     Resolution: ``level`` reads a pyramid level as it is; ``target_mpp`` resamples to that resolution;
@@ -363,7 +364,8 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
     :class:`~uniseg.inference.cell_predictor.Mask2FormerCellPredictor` (``max_per_image``),
     ``duplicate_overlap``, ``edge_width`` and ``border_cells`` to the stitcher (``None``: their
     defaults); formats of :data:`~uniseg.export.cells.CELL_SINK_FORMATS`. An option of the other
-    kind of model is a ``ValueError`` naming it.
+    kind of model is a ``ValueError`` naming it. ``num_workers``: threads reading windows ahead of the
+    model (plus one writing outputs); ``None``: :func:`~uniseg.inference.options.default_num_workers`.
 
     Outputs form one set per input and task: the summary (:func:`summary_name`) appears last and
     only when every other output is complete and in place (see
@@ -384,13 +386,15 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                           batch_size=batch_size, window=window, tissue_threshold=tissue_threshold,
                           export_options=export_options, default_tile=segmentor.tile,
                           default_stride=segmentor.stride, default_sources=segmentor.window_sources,
-                          **cell_options)
+                          num_workers=num_workers, **cell_options)
+    num_workers = default_num_workers() if num_workers is None else num_workers
     formats = DEFAULT_FORMATS[segmentor.task] if formats is None else formats
     tile, stride = check_pair("tile", tile) or segmentor.tile, check_pair("stride", stride) or segmentor.stride
     if segmentor.task == "cells":
-        run = _cell_run(segmentor, tile, stride, batch_size, tissue_threshold, amp, **cell_options)
+        run = _cell_run(segmentor, tile, stride, batch_size, tissue_threshold, amp, num_workers, **cell_options)
     else:
-        run = _semantic_run(segmentor, tile, stride, batch_size, window or DEFAULT_WINDOW, tissue_threshold, amp)
+        run = _semantic_run(segmentor, tile, stride, batch_size, window or DEFAULT_WINDOW, tissue_threshold, amp,
+                            num_workers)
     with open_slide(Path(path), mpp=slide_mpp) as reader:  # an unreadable input fails before the folder is touched
         out = prepare_output_folder(out_dir)
         _check_summary_owner(out, output_stem(path, region), segmentor.task, path)
@@ -412,14 +416,15 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
 _Run = Callable[[Any, Sequence, bool], dict]
 
 
-def _semantic_run(segmentor: Segmentor, tile, stride, batch_size, window, tissue_threshold, amp) -> _Run:
+def _semantic_run(segmentor: Segmentor, tile, stride, batch_size, window, tissue_threshold, amp,
+                  num_workers: int = 0) -> _Run:
     """Class masks: the sliding-window inferencer, with class areas in the summary."""
     from .inferencer import SlidingWindowInferencer
 
     def run(source, sinks: Sequence, progress: bool) -> dict:
         inferencer = SlidingWindowInferencer(
             segmentor.model, segmentor.num_classes, tile=tile, stride=stride, batch_size=batch_size, window=window,
-            tissue_threshold=tissue_threshold, amp=amp,
+            tissue_threshold=tissue_threshold, amp=amp, num_workers=num_workers,
             with_probs=any(getattr(s, "requires_probs", False) for s in sinks))
         stats = inferencer.run(source, sinks, progress=progress)
         area = None if source.mpp is None else (source.mpp / 1000.0) ** 2  # mm^2 per output pixel
@@ -433,7 +438,8 @@ def _semantic_run(segmentor: Segmentor, tile, stride, batch_size, window, tissue
     return run
 
 
-def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, amp, **options) -> _Run:
+def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, amp, num_workers: int = 0,
+              **options) -> _Run:
     """Cells: the instance model per window, stitched so that each cell is kept once (see :mod:`.cell_stitching`).
 
     Options that are ``None`` keep the defaults of the predictor and the stitcher; the summary
@@ -447,7 +453,7 @@ def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, 
         segmentor.model, amp=amp, max_per_image=given.pop("max_per_window", None),
         **{name: given.pop(name) for name in ("score_thr", "min_visible") if name in given})
     stitcher = CellStitcher(predictor, tile=tile, stride=stride, batch_size=batch_size,
-                            tissue_threshold=tissue_threshold, **given)
+                            tissue_threshold=tissue_threshold, num_workers=num_workers, **given)
 
     def run(source, sinks: Sequence, progress: bool) -> dict:
         stats = stitcher.run(source, sinks, progress=progress)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
@@ -56,9 +57,11 @@ from scipy import ndimage
 from ..export.cells.base import CellBatch
 from ..structures.instances import InstanceMap, instance_properties
 from .inferencer import ImageSource, progress_bar
-from .options import BORDER_CELLS
+from .options import BORDER_CELLS, check_num_workers
+from .ordered_writer import OrderedWriter
 from .tiling import TileGrid, axis_starts
 from .tissue import tissue_fraction
+from .window_reader import PipelineTimes, RecentRows, WindowBatch, WindowReader
 
 __all__ = ["CellPredictor", "CellStitcher", "CellStats", "axis_cores", "cell_summary", "BORDER_CELLS"]
 
@@ -103,6 +106,7 @@ class CellStats:
     peak_pending: int = 0         # most undecided candidates held at once
     peak_band_rows: int = 0       # most id-image rows held at once
     seconds: float = 0.0
+    times: PipelineTimes = field(default_factory=PipelineTimes)
 
 
 class _Candidate:
@@ -142,12 +146,17 @@ class CellStitcher:
             it) is cut.
         border_cells: ``'keep'`` cut predictions that no other window holds entirely as last
             resort, or ``'drop'`` every cut prediction.
+        num_workers: reader threads that read windows ahead of the model, plus one thread that
+            hands cells and finished rows to the sinks (see :mod:`~uniseg.inference.window_reader`);
+            0 does everything in the calling thread. Results are the same either way.
     """
 
     def __init__(self, predictor: CellPredictor, tile: Tuple[int, int] = (512, 512),
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 4,
                  tissue_threshold: Optional[float] = None, duplicate_overlap: float = 0.5,
-                 edge_width: int = 1, border_cells: str = "keep"):
+                 edge_width: int = 1, border_cells: str = "keep", num_workers: int = 0):
+        check_num_workers(num_workers)
+        self.num_workers = int(num_workers)
         self.predictor = predictor
         self.tile = tuple(int(t) for t in tile)
         self.stride = tuple(int(s) for s in stride) if stride is not None else tuple(
@@ -168,16 +177,27 @@ class CellStitcher:
         self.edge_width = edge_width
         self.border_cells = border_cells
 
-    def run(self, source: ImageSource, sinks: Sequence = (), progress: bool = False) -> CellStats:
-        """Find the cells of ``source`` and stream them to ``sinks`` (already opened by the caller)."""
-        return _StitchRun(self, source, sinks, progress).run()
+    def run(self, source: ImageSource, sinks: Sequence = (), progress: bool = False,
+            select: Optional[np.ndarray] = None) -> CellStats:
+        """Find the cells of ``source`` and stream them to ``sinks`` (already opened by the caller).
+
+        ``select``: ``None`` or a bool array (tile rows, tile columns of the window grid); windows
+        that are ``False`` are never read, hold no cells (as windows below ``tissue_threshold``)
+        and count as skipped. Tissue pixels are counted once each over the pixels that selected
+        windows read; pixels that no selected window read count as no tissue (with every window
+        selected: the whole ROI, as before).
+        """
+        return _StitchRun(self, source, sinks, progress, select).run()
 
 
 class _StitchRun:
     """The state of one :meth:`CellStitcher.run` (so a stitcher can be reused)."""
 
-    def __init__(self, config: CellStitcher, source: ImageSource, sinks: Sequence, progress: bool):
+    def __init__(self, config: CellStitcher, source: ImageSource, sinks: Sequence, progress: bool,
+                 select: Optional[np.ndarray] = None):
         self.cfg, self.source, self.sinks, self.progress = config, source, list(sinks), progress
+        self.select = select
+        self.writer: Optional[OrderedWriter] = None
         self.width, self.height = int(source.width), int(source.height)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"empty input ({self.width} x {self.height})")
@@ -200,40 +220,45 @@ class _StitchRun:
     def run(self) -> CellStats:
         grid, cfg = self.grid, self.cfg
         th, tw = grid.tile_height, grid.tile_width
-        cols = grid.col_starts
-        rows = list(grid.rows())
+        last_row = len(grid.row_starts) - 1
+        reader = WindowReader(self.source, grid, cfg.batch_size, select=self.select, num_workers=cfg.num_workers)
         bar = progress_bar(len(grid), self.progress)
         start = time.perf_counter()
-        for r, (y0, finished) in enumerate(rows):
-            strip = self.source.read(0, y0, self.width, th)
-            if strip.shape != (th, self.width, 3) or strip.dtype != np.uint8:
-                raise ValueError(f"image source returned {strip.dtype} {strip.shape} for rows {y0}..{y0 + th}, "
-                                 f"expected uint8 {(th, self.width, 3)}")
-            self._count_tissue(strip[:finished - y0])
-            for i in range(0, len(cols), cfg.batch_size):
-                xs = cols[i:i + cfg.batch_size]
-                tiles = np.stack([strip[:, x:x + tw] for x in xs])
-                for x, instances in zip(xs, self._predict(tiles)):
-                    self._add_window(y0, x, th, tw, instances)
-                bar.update(len(xs))
-            self.stats.peak_pending = max(self.stats.peak_pending, len(self.candidates))
-            last = r == len(rows) - 1
-            self._decide(finished, last)
-            settled = self.height if last else min([finished] + [c.y0 for c in self.candidates.values()])
-            self._emit_rows(settled)
+        times = self.stats.times
+        recent = RecentRows(th)
+        with OrderedWriter(background=cfg.num_workers > 0) as writer, closing(reader.rows()) as rows:
+            self.writer = writer
+            for row in rows:
+                y0, finished = row.y0, row.finished
+                model_start = time.perf_counter()
+                self._count_tissue(recent.image(row, finished - y0))
+                for batch in row.pop_batches():
+                    for x, instances in zip(batch.xs, self._predict(batch)):
+                        self._add_window(y0, x, th, tw, instances)
+                    bar.update(len(batch.xs))
+                self.stats.peak_pending = max(self.stats.peak_pending, len(self.candidates))
+                last = row.row == last_row
+                self._decide(finished, last)
+                settled = self.height if last else min([finished] + [c.y0 for c in self.candidates.values()])
+                self._emit_rows(settled)
+                times.model += time.perf_counter() - model_start
         bar.close()
         self.stats.seconds = time.perf_counter() - start
+        times.read, times.read_wait = reader.times.read, reader.times.read_wait
+        times.write, times.write_wait = writer.seconds, writer.wait_seconds
         return self.stats
 
-    def _predict(self, tiles: np.ndarray) -> List[Optional[InstanceMap]]:
-        """Predictions for a batch; ``None`` for windows skipped by the tissue test."""
+    def _predict(self, batch: WindowBatch) -> List[Optional[InstanceMap]]:
+        """Predictions for a batch; ``None`` for windows not selected or skipped by the tissue test."""
         cfg = self.cfg
-        keep = np.ones(len(tiles), bool)
+        keep = batch.selected.copy()
+        tiles = batch.tiles
         if cfg.tissue_threshold is not None:
-            keep = np.array([tissue_fraction(t) >= cfg.tissue_threshold for t in tiles])
-        results: List[Optional[InstanceMap]] = [None] * len(tiles)
+            keep[keep] = [tissue_fraction(t) >= cfg.tissue_threshold for t in tiles]
+        results: List[Optional[InstanceMap]] = [None] * len(batch.xs)
         if keep.any():
-            predicted = list(cfg.predictor.predict(tiles[keep]))
+            run = keep[batch.selected]
+            predicted = list(cfg.predictor.predict(tiles if run.all() else tiles[run]))
             if len(predicted) != int(keep.sum()):
                 raise ValueError(f"{type(cfg.predictor).__name__}.predict returned {len(predicted)} results for "
                                  f"{int(keep.sum())} windows")
@@ -244,12 +269,13 @@ class _StitchRun:
                                      f"{getattr(getattr(instances, 'ids', None), 'shape', type(instances).__name__)}")
                 results[index] = instances
         self.skipped.update((self.window_index + np.flatnonzero(~keep)).tolist())
-        self.stats.windows += len(tiles)
+        self.stats.windows += len(batch.xs)
         self.stats.windows_skipped += int((~keep).sum())
         return results
 
     def _count_tissue(self, rows: np.ndarray) -> None:
-        """Tissue pixels of rows that no later strip reads again, in window-wide chunks (bounded temporaries)."""
+        """Tissue pixels of rows that no later tile row reads, in window-wide chunks (bounded temporaries).
+        Pixels no selected window read are white there, which the tissue test never passes."""
         step = self.grid.tile_width
         for x in range(0, self.width, step):
             chunk = rows[:, x:x + step]
@@ -463,7 +489,7 @@ class _StitchRun:
         if n:
             batch = CellBatch(ids, labels, scores, boxes, masks, areas, centroids, touching)
             for sink in self.sinks:
-                sink.write_cells(batch)
+                self.writer.submit(sink.write_cells, batch)
 
     def _ensure_band(self, bottom: int) -> None:
         """Grow the id band so it reaches row ``bottom`` (exclusive)."""
@@ -480,8 +506,9 @@ class _StitchRun:
         if n <= 0:
             return
         self._ensure_band(settled)
+        rows = self.band[:n].copy() if self.writer.background else self.band[:n]  # the band is reused below
         for sink in self.sinks:
-            sink.write_band(self.band_top, self.band[:n])
+            self.writer.submit(sink.write_band, self.band_top, rows)
         rest = self.band.shape[0] - n
         self.band[:rest] = self.band[n:]
         self.band[rest:] = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
@@ -22,9 +23,11 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .options import check_pair, check_window_options
+from .options import check_num_workers, check_pair, check_window_options
+from .ordered_writer import OrderedWriter
 from .tiling import DEFAULT_WINDOW, TileGrid, blend_window
 from .tissue import tissue_fraction
+from .window_reader import PipelineTimes, RecentRows, WindowBatch, WindowReader
 
 __all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource", "progress_bar"]
 
@@ -67,6 +70,7 @@ class InferenceStats:
     tiles_skipped: int = 0
     seconds: float = 0.0
     class_pixels: List[int] = field(default_factory=list)
+    times: PipelineTimes = field(default_factory=PipelineTimes)
 
     @property
     def tiles_per_second(self) -> float:
@@ -86,13 +90,18 @@ class SlidingWindowInferencer:
             not run and count as ``background_index`` (certain background).
         amp: run the model under bf16 autocast (GPU, or CPU if asked).
         with_probs: also emit per-class probabilities (uint8, 0..255) per band.
+        num_workers: reader threads that read windows ahead of the model, plus one thread that
+            hands finished bands to the sinks (see :mod:`~uniseg.inference.window_reader`); 0 does
+            everything in the calling thread. Results are the same either way.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, tile: Tuple[int, int] = (512, 512),
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 4, window: str = DEFAULT_WINDOW,
                  tissue_threshold: Optional[float] = None, background_index: int = 0, amp: bool = False,
-                 with_probs: bool = False):
+                 with_probs: bool = False, num_workers: int = 0):
         check_window_options(tile, stride, batch_size, window, tissue_threshold)
+        check_num_workers(num_workers)
+        self.num_workers = int(num_workers)
         self.model = model.eval()
         self.num_classes = num_classes
         self.tile = check_pair("tile", tile)
@@ -111,9 +120,15 @@ class SlidingWindowInferencer:
 
     # ------------------------------------------------------------------ model
     @torch.no_grad()
-    def predict_tiles(self, tiles: np.ndarray) -> torch.Tensor:
-        """Per-class scores (B, C, h, w) for RGB uint8 windows (B, h, w, 3), as ``encode_decode`` returns them."""
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float()
+    def predict_tiles(self, tiles) -> torch.Tensor:
+        """Per-class scores (B, C, h, w) for RGB uint8 windows (B, h, w, 3), as ``encode_decode`` returns them.
+
+        ``tiles``: a numpy array or a uint8 tensor; a pinned tensor is copied to the GPU asynchronously.
+        """
+        if not isinstance(tiles, torch.Tensor):
+            tiles = torch.from_numpy(np.ascontiguousarray(tiles))
+        pinned = self.device.type == "cuda" and tiles.is_pinned()
+        x = tiles.to(self.device, non_blocking=pinned).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         h, w = x.shape[-2:]
         metas = [dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)) for _ in range(x.shape[0])]
@@ -126,8 +141,16 @@ class SlidingWindowInferencer:
 
     # ------------------------------------------------------------------ streaming
     def run(self, source: ImageSource, sinks: Sequence = (), progress: bool = True,
-            on_band: Optional[Callable[[int, np.ndarray], None]] = None) -> InferenceStats:
-        """Segment ``source`` and stream finished rows to ``sinks`` (already opened by the caller)."""
+            on_band: Optional[Callable[[int, np.ndarray], None]] = None,
+            select: Optional[np.ndarray] = None) -> InferenceStats:
+        """Segment ``source`` and stream finished rows to ``sinks`` (already opened by the caller).
+
+        ``select``: ``None`` or a bool array (tile rows, tile columns of the window grid); windows
+        that are ``False`` are never read and count as certain background (``background_index``),
+        as windows below ``tissue_threshold`` do, and as skipped in the stats. The ``image`` handed
+        to the sinks (the overlay's background) is white where no selected window was read.
+        ``on_band`` is called like a sink (in the writer thread when ``num_workers > 0``).
+        """
         width, height = source.width, source.height
         if width <= 0 or height <= 0:
             raise ValueError(f"empty input ({width} x {height})")
@@ -139,46 +162,60 @@ class SlidingWindowInferencer:
         band_scores = torch.zeros(classes, th, width, device=self.device)
         band_weight = torch.zeros(th, width, device=self.device)
         stats = InferenceStats(class_pixels=[0] * classes)
-        cols = grid.col_starts
+        reader = WindowReader(source, grid, self.batch_size, select=select, num_workers=self.num_workers,
+                              pin_memory=self.device.type == "cuda")
+        recent = RecentRows(th)  # the sinks' image: what this and earlier tile rows read of the finished rows
         bar = progress_bar(len(grid), progress)
         start = time.perf_counter()
-        for y0, finished in grid.rows():
-            # The band always starts at the current tile row (earlier rows were emitted).
-            strip = source.read(0, y0, width, th)
-            for i in range(0, len(cols), self.batch_size):
-                xs = cols[i:i + self.batch_size]
-                tiles = np.stack([strip[:, x:x + tw] for x in xs])
-                scores, skipped = self._scores_for(tiles)
-                for x, s in zip(xs, scores):
-                    band_scores[:, :, x:x + tw] += s * weights
-                    band_weight[:, x:x + tw] += weights
-                stats.tiles += len(xs)
-                stats.tiles_skipped += skipped
-                bar.update(len(xs))
-            # Rows [y0, finished) are complete: emit them and slide the band down to the next tile row.
-            n = finished - y0
-            self._emit(y0, band_scores[:, :n], band_weight[:n], strip[:n], sinks, stats, on_band)
-            band_scores = torch.roll(band_scores, -n, dims=1)
-            band_weight = torch.roll(band_weight, -n, dims=0)
-            band_scores[:, th - n:] = 0
-            band_weight[th - n:] = 0
+        with OrderedWriter(background=self.num_workers > 0) as writer, closing(reader.rows()) as rows:
+            for row in rows:
+                y0 = row.y0  # the band always starts at the current tile row (earlier rows were emitted)
+                for batch in row.pop_batches():
+                    model_start = time.perf_counter()
+                    scores, skipped = self._scores_for(batch)
+                    for x, s in zip(batch.xs, scores):
+                        band_scores[:, :, x:x + tw] += s * weights
+                        band_weight[:, x:x + tw] += weights
+                    stats.tiles += len(batch.xs)
+                    stats.tiles_skipped += skipped
+                    stats.times.model += time.perf_counter() - model_start
+                    bar.update(len(batch.xs))
+                # Rows [y0, finished) are complete: emit them and slide the band down to the next tile row.
+                n = row.finished - y0
+                model_start = time.perf_counter()
+                labels, probs = self._finish(band_scores[:, :n], band_weight[:n])
+                stats.times.model += time.perf_counter() - model_start
+                writer.submit(self._emit, y0, labels, probs, recent.image(row, n), sinks, stats, on_band)
+                band_scores = torch.roll(band_scores, -n, dims=1)
+                band_weight = torch.roll(band_weight, -n, dims=0)
+                band_scores[:, th - n:] = 0
+                band_weight[th - n:] = 0
         bar.close()
         stats.seconds = time.perf_counter() - start
+        stats.times.read, stats.times.read_wait = reader.times.read, reader.times.read_wait
+        stats.times.write, stats.times.write_wait = writer.seconds, writer.wait_seconds
         return stats
 
-    def _scores_for(self, tiles: np.ndarray) -> Tuple[torch.Tensor, int]:
-        """Model scores for a batch of windows; windows without tissue get certain background."""
-        keep = np.ones(len(tiles), bool)
+    def _scores_for(self, batch: WindowBatch) -> Tuple[torch.Tensor, int]:
+        """Model scores for a batch of windows; unselected windows and windows without tissue get certain
+        background."""
+        keep = batch.selected.copy()
+        tiles = batch.tiles
         if self.tissue_threshold is not None:
-            keep = np.array([tissue_fraction(t) >= self.tissue_threshold for t in tiles])
-        scores = torch.zeros(len(tiles), self.num_classes, *tiles.shape[1:3], device=self.device)
+            keep[keep] = [tissue_fraction(t) >= self.tissue_threshold for t in tiles]
+        scores = torch.zeros(len(batch.xs), self.num_classes, *tiles.shape[1:3], device=self.device)
         scores[~torch.from_numpy(keep), self.background_index] = 1.0
         if keep.any():
-            scores[torch.from_numpy(keep)] = self.predict_tiles(tiles[keep])
+            run = keep[batch.selected]  # of the windows read, the ones to run
+            if run.all():
+                pixels = batch.tensor if batch.tensor is not None else tiles
+            else:
+                pixels = tiles[run]
+            scores[torch.from_numpy(keep)] = self.predict_tiles(pixels)
         return scores, int((~keep).sum())
 
-    def _emit(self, y0: int, scores: torch.Tensor, weight: torch.Tensor, image: np.ndarray, sinks: Sequence,
-              stats: InferenceStats, on_band) -> None:
+    def _finish(self, scores: torch.Tensor, weight: torch.Tensor) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Labels (and uint8 probabilities) of finished rows, on the host."""
         mean = scores / weight.clamp_min(1e-12)
         labels = mean.argmax(0).to(torch.uint8).cpu().numpy()
         probs = None
@@ -186,6 +223,10 @@ class SlidingWindowInferencer:
             # Mask2Former's semantic scores are non-negative per-class masses; normalise them over classes.
             norm = mean / mean.sum(0, keepdim=True).clamp_min(1e-12)
             probs = (norm * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return labels, probs
+
+    def _emit(self, y0: int, labels: np.ndarray, probs: Optional[np.ndarray], image: np.ndarray, sinks: Sequence,
+              stats: InferenceStats, on_band) -> None:
         # per class, not np.bincount: that would copy the band as int64 (8 bytes per pixel)
         for c in range(self.num_classes):
             stats.class_pixels[c] += int(np.count_nonzero(labels == c))

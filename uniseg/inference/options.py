@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .tiling import WINDOWS
 
 __all__ = ["OPTION_FLAGS", "TASKS", "TASK_OPTIONS", "DEFAULT_FORMATS", "BORDER_CELLS",
            "check_window_options", "check_segment_options", "check_cell_options", "check_task_options",
-           "check_pair", "format_table"]
+           "check_pair", "check_num_workers", "default_num_workers", "format_table"]
 
 #: Python argument -> command-line flag of tools/infer.py
 OPTION_FLAGS: Dict[str, str] = {
@@ -30,6 +31,7 @@ OPTION_FLAGS: Dict[str, str] = {
     "simplify_tolerance": "--simplify",
     "score_thr": "--score-thr", "min_visible": "--min-visible", "max_per_window": "--max-per-window",
     "duplicate_overlap": "--duplicate-overlap", "edge_width": "--edge-width", "border_cells": "--border-cells",
+    "num_workers": "--workers",
 }
 
 TASKS = ("semantic", "cells")
@@ -84,6 +86,22 @@ def check_pair(argument: str, value: Any) -> Optional[Tuple[int, int]]:
         raise ValueError(f"{_name(argument)} must be a positive integer or a (height, width) pair of them, "
                          f"got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def default_num_workers() -> int:
+    """Reader threads when none are asked for (``--workers``, ``segment_file(num_workers=None)``).
+
+    One core stays with the model's thread; more than 4 readers do not help one model (see
+    benchmarks/README.md, window pipeline).
+    """
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def check_num_workers(num_workers: Any) -> None:
+    """Reader threads of the window pipeline: an integer >= 0 (0: read, run and write in one thread)."""
+    if not (_is_int(num_workers) and num_workers >= 0):
+        raise ValueError(f"{_name('num_workers')} must be an integer >= 0 (threads reading windows ahead of the "
+                         f"model; 0 reads them in the model's thread), got {num_workers!r}")
 
 
 def check_window_options(tile: Any = None, stride: Any = None, batch_size: Any = 4, window: Any = "cosine",
@@ -176,7 +194,7 @@ def check_segment_options(*, task: Optional[str] = None, config: str = "", forma
                           window: Any = None, tissue_threshold: Any = None,
                           export_options: Optional[Mapping[str, dict]] = None, score_thr: Any = None,
                           min_visible: Any = None, max_per_window: Any = None, duplicate_overlap: Any = None,
-                          edge_width: Any = None, border_cells: Any = None,
+                          edge_width: Any = None, border_cells: Any = None, num_workers: Any = None,
                           default_tile: Optional[Tuple[int, int]] = None,
                           default_stride: Optional[Tuple[int, int]] = None,
                           default_sources: Tuple[str, str] = ("the config's test_cfg.crop_size",
@@ -217,6 +235,8 @@ def check_segment_options(*, task: Optional[str] = None, config: str = "", forma
         defaults.append(f"the stride is {default_sources[1]}")
     check_window_options(tile, stride, batch_size, window, tissue_threshold,
                          tile_source=f" ({'; '.join(defaults)})" if defaults else "")
+    if num_workers is not None:  # None: default_num_workers()
+        check_num_workers(num_workers)
     check_cell_options(**cell_options)
     if formats is None:
         if task is None:
