@@ -170,7 +170,6 @@ def parse_args(argv=None, parser: argparse.ArgumentParser = None) -> argparse.Na
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         check_segment_options(**_segment_options(args))
         args.jobs = expand_inputs(args.inputs, args.region, args.slide_mpp)
@@ -312,6 +311,7 @@ def _conclude(args: argparse.Namespace, task: str, everyone: list, ranks) -> int
 def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(argv, parser)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # launchers that pass --local_rank (as train.py)
     from uniseg.engine.hooks import flush_denormal
 
     with flush_denormal():  # process state: set by the tool for its own work, and restored after it

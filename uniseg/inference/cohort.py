@@ -62,8 +62,6 @@ def _check_region(text: str, where: str) -> str:
         roi = parse_region(text)
     except ValueError as exc:
         raise ManifestError(f"{where}: {exc}") from None
-    if roi.w <= 0 or roi.h <= 0:
-        raise ManifestError(f"{where}: region {text!r} has no area (width and height must be > 0)")
     return f"{roi.x},{roi.y},{roi.w},{roi.h}"
 
 
