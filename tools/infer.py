@@ -28,7 +28,7 @@ Inputs whose outputs would share a name (same file stem) are refused before any 
 same command skips inputs whose outputs are complete and were made with the same config, weights and
 output-changing options (a fingerprint in the summary) and redoes the rest; --force redoes all. A
 failing input (unreadable, region outside the slide, outputs that cannot be written) is reported,
-recorded as <stem>_error.json and skipped; the others are still segmented, and the exit status is 1.
+skipped (with a manifest, pattern or launcher, recorded as <stem>_error.json); the others are still segmented, and the exit status is 1.
 Invalid options, configs and checkpoints exit with status 2. With a manifest, a pattern or a
 launcher, cohort.csv in --out has one row per input: status, error, size, areas, windows, seconds.
 
@@ -266,8 +266,9 @@ def _segment_share(args: argparse.Namespace, cfg, task: str, options: dict, rank
             message = str(exc) if expected_kind else f"{job.path}: {type(exc).__name__}: {exc}"
             print(f"error: {message}" if expected_kind else traceback.format_exc(), file=sys.stderr, end="\n")
             status[job.name], errors[job.name] = "failed", message
-            try:
-                record_failure(args.out, job.name, task, job.path, message, expected)
+            try:  # for the cohort table, which finds it even if this run is killed later
+                if args.cohort:
+                    record_failure(args.out, job.name, task, job.path, message, expected)
             except OSError:
                 pass  # the folder cannot take it (the message above already says why)
             continue
