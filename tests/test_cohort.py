@@ -235,6 +235,27 @@ def test_the_cohort_table_is_rebuilt_from_the_folder(tmp_path):
     assert table[2]["error"] == "c2.png: unreadable" and table[3]["width"] == ""
 
 
+def test_the_cohort_table_of_a_cell_model_counts_cells_per_class_and_tissue(tmp_path):
+    from test_infer_api import _pyramid
+    from test_infer_cells import _stand_in
+
+    image = np.full((160, 200, 3), 40, np.uint8)
+    for x, y in ((30, 40), (100, 90), (160, 120)):
+        cv2.circle(image, (x, y), 9, (235, 235, 235), -1)
+    slide = _pyramid(tmp_path / "cells.tif", image, mpp=0.5)
+    out = tmp_path / "out"
+    summary = segment_file(_stand_in(), str(slide), str(out), formats=["csv"], progress=False, fingerprint="fp")
+    job = SlideJob(str(slide), "cells")
+    rows = cohort_rows([job], out, "cells", {"cells": "fp"}, run_status={"cells": "done"})
+    table = list(csv.DictReader(write_cohort_table(out, rows, "cells", ("nucleus",)).open()))
+    assert list(table[0])[-2:] == ["cells", "nucleus_cells"]
+    row = table[0]
+    assert row["status"] == "done" and int(row["cells"]) == summary["cells"] == 3
+    assert int(row["nucleus_cells"]) == summary["classes"]["nucleus"]["cells"] == 3
+    assert float(row["tissue_area_mm2"]) == summary["tissue_area_mm2"] > 0
+    assert int(row["windows"]) == summary["windows"] and float(row["mpp"]) == 0.5
+
+
 # ---------------------------------------------------------------------------- tools/infer.py under torchrun
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
@@ -262,9 +283,9 @@ def cohort(tmp_path_factory):
                 names=["s0", "s1roi", "s2", "big", "s4"])
 
 
-def _infer(checkpoint, manifest, out, nproc=None, env=None, port=29611):
+def _infer(checkpoint, manifest, out, nproc=None, env=None, port=29611, force=False):
     command = [str(REPO / "tools/infer.py"), str(DEMO_CONFIG), str(checkpoint), str(manifest), "--out", str(out),
-               "--no-progress"]
+               "--no-progress"] + (["--force"] if force else [])
     if nproc:
         command = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
                    *command, "--launcher", "pytorch"]
@@ -361,3 +382,12 @@ def test_bad_slides_fail_on_their_own_and_the_others_complete(cohort, tmp_path):
     for name in ("missing", "corrupt", "s2_1000_1000_64_64"):
         assert json.loads((out / failure_name(name)).read_text())["error"] == table[name]["error"]
     assert (out / "s0_summary.json").is_file() and (out / "s4_summary.json").is_file()
+
+    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, port=29612)  # a rerun retries the failed only
+    assert proc.returncode == 1 and _written(proc.stdout) == []
+    assert sorted(re.findall(r"skipped: complete \((\w+),", proc.stdout)) == ["s0", "s4"]
+    assert proc.stderr.count("error: ") == 3 and "3 of 5 input(s) failed" in proc.stderr
+    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, port=29612, force=True)  # --force: all again
+    assert proc.returncode == 1 and _written(proc.stdout) == ["s0", "s4"]
+    assert {n: row["status"] for n, row in _table(out).items()} == {
+        "s0": "done", "missing": "failed", "corrupt": "failed", "s2_1000_1000_64_64": "failed", "s4": "done"}

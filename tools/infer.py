@@ -27,10 +27,11 @@ The outputs of each input appear together, the summary last: a summary means its
 Inputs whose outputs would share a name (same file stem) are refused before any work. A rerun of the
 same command skips inputs whose outputs are complete and were made with the same config, weights and
 output-changing options (a fingerprint in the summary) and redoes the rest; --force redoes all. A
-failing input (unreadable, region outside the slide, outputs that cannot be written) is reported,
-skipped (with a manifest, pattern or launcher, recorded as <stem>_error.json); the others are still segmented, and the exit status is 1.
-Invalid options, configs and checkpoints exit with status 2. With a manifest, a pattern or a
-launcher, cohort.csv in --out has one row per input: status, error, size, areas, windows, seconds.
+failing input (unreadable, region outside the slide, outputs that cannot be written) is reported
+and skipped (with a manifest, pattern or launcher also recorded as <stem>_error.json); the others
+are still segmented, and the exit status is 1. Invalid options, configs and checkpoints exit with
+status 2. With a manifest, a pattern or a launcher, cohort.csv in --out has one row per input:
+status, error, size, areas, windows, seconds.
 
 Many GPUs: bash tools/dist_infer.sh CONFIG CHECKPOINT GPUS INPUT... --out DIR (torchrun) or
 tools/slurm_infer.sh; inputs are shared among the processes, largest file first.
