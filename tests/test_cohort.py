@@ -283,11 +283,20 @@ def cohort(tmp_path_factory):
                 names=["s0", "s1roi", "s2", "big", "s4"])
 
 
-def _infer(checkpoint, manifest, out, nproc=None, env=None, port=29611, force=False):
+def _free_port() -> int:
+    """A port nobody listens on now (other test runs on this machine may use torchrun too)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _infer(checkpoint, manifest, out, nproc=None, env=None, force=False):
     command = [str(REPO / "tools/infer.py"), str(DEMO_CONFIG), str(checkpoint), str(manifest), "--out", str(out),
                "--no-progress"] + (["--force"] if force else [])
     if nproc:
-        command = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+        command = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
                    *command, "--launcher", "pytorch"]
     environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -370,7 +379,7 @@ def test_bad_slides_fail_on_their_own_and_the_others_complete(cohort, tmp_path):
     manifest = slides / "bad.csv"
     manifest.write_text('path,region\ns0.png,\nmissing.png,\ncorrupt.tif,\ns2.png,"1000,1000,64,64"\ns4.png,\n')
     out = tmp_path / "out"
-    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, port=29612)
+    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "3 of 5 input(s) failed" in proc.stderr
     table = _table(out)
@@ -383,11 +392,11 @@ def test_bad_slides_fail_on_their_own_and_the_others_complete(cohort, tmp_path):
         assert json.loads((out / failure_name(name)).read_text())["error"] == table[name]["error"]
     assert (out / "s0_summary.json").is_file() and (out / "s4_summary.json").is_file()
 
-    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, port=29612)  # a rerun retries the failed only
+    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2)  # a rerun retries the failed only
     assert proc.returncode == 1 and _written(proc.stdout) == []
     assert sorted(re.findall(r"skipped: complete \((\w+),", proc.stdout)) == ["s0", "s4"]
     assert proc.stderr.count("error: ") == 3 and "3 of 5 input(s) failed" in proc.stderr
-    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, port=29612, force=True)  # --force: all again
+    proc = _infer(cohort["checkpoint"], manifest, out, nproc=2, force=True)  # --force: all again
     assert proc.returncode == 1 and _written(proc.stdout) == ["s0", "s4"]
     assert {n: row["status"] for n, row in _table(out).items()} == {
         "s0": "done", "missing": "failed", "corrupt": "failed", "s2_1000_1000_64_64": "failed", "s4": "done"}
