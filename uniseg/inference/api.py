@@ -35,8 +35,8 @@ from .options import DEFAULT_FORMATS, check_pair, check_segment_options, format_
 from .tiling import DEFAULT_WINDOW
 
 __all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "window_defaults", "segment_file",
-           "output_stem", "check_distinct_stems", "check_distinct_names", "prepare_output_folder", "summary_name", "CELL_TILE",
-           "CELL_STRIDE_FRACTION"]
+           "output_stem", "check_distinct_stems", "check_distinct_names", "prepare_output_folder", "summary_name",
+           "CELL_TILE", "CELL_STRIDE_FRACTION"]
 
 #: window of a cell model whose config has no ``crop_size``
 CELL_TILE = 512

@@ -34,8 +34,8 @@ from typing import Mapping, Optional
 
 from ..utils.atomic import atomic_output
 
-__all__ = ["NOT_IN_FINGERPRINT", "config_digest", "fingerprint", "SlideState", "slide_state", "failure_name", "record_failure",
-           "clear_failure"]
+__all__ = ["NOT_IN_FINGERPRINT", "config_digest", "fingerprint", "SlideState", "slide_state", "failure_name",
+           "record_failure", "clear_failure"]
 
 #: options of segment_file / tools/infer.py that do not change the outputs (see the module docstring)
 NOT_IN_FINGERPRINT = frozenset({"batch_size", "progress", "device", "num_workers", "workers", "name"})
