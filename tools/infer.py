@@ -3,7 +3,8 @@
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] --out DIR \\
         [--formats ...] [--region x,y,w,h] [--allow-partial] [--level L | --mpp M] \\
-        [--tile 512] [--stride 384] [--batch-size 4] [--tissue-threshold 0.05] [semantic or cell options]
+        [--tile 512] [--stride 384] [--batch-size 4] [--tissue-threshold 0.05] [semantic or cell options] \\
+        [--force] [--launcher none|pytorch|slurm]
 
 The config decides what is written. A semantic segmentation config (mmseg, a class per pixel)
 writes masks: png, tiff, geojson (QuPath annotations), overlay, probs; `<stem>_summary.json`. An
@@ -16,16 +17,33 @@ Tile and stride default to the config's sliding-window test settings (semantic) 
 and 3/4 of it (cells); a slide with known microns per pixel is read at the encoder's
 working resolution (UNI: 0.5 um/px).
 
+An INPUT is an image or slide, a quoted glob pattern ('slides/*.svs'; sorted; one that matches nothing
+is an error) or a manifest: a .txt file (a slide path a line, # comments) or a .csv file with a header:
+path (required), region (x,y,w,h), mpp (the slide's um/px at level 0), name (output name instead of
+the file stem); empty cells keep the command line's setting; relative paths are relative to the
+manifest's folder. A malformed manifest is an error naming its file and line (status 2).
+
 The outputs of each input appear together, the summary last: a summary means its set is complete.
-Inputs whose outputs would share a name (same file stem) are refused before any work. A failing
-input (unreadable, or outputs that cannot be written) is reported and skipped; the others are still
-segmented, and the exit status is 1. Invalid options, configs and checkpoints exit with status 2.
+Inputs whose outputs would share a name (same file stem) are refused before any work. A rerun of the
+same command skips inputs whose outputs are complete and were made with the same config, weights and
+output-changing options (a fingerprint in the summary) and redoes the rest; --force redoes all. A
+failing input (unreadable, region outside the slide, outputs that cannot be written) is reported
+and skipped (with a manifest, pattern or launcher also recorded as <stem>_error.json); the others
+are still segmented, and the exit status is 1. Invalid options, configs and checkpoints exit with
+status 2. With a manifest, a pattern or a launcher, cohort.csv in --out has one row per input:
+status, error, size, areas, windows, seconds.
+
+Many GPUs: bash tools/dist_infer.sh CONFIG CHECKPOINT GPUS INPUT... --out DIR (torchrun) or
+tools/slurm_infer.sh; inputs are shared among the processes, largest file first.
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -65,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="model config: semantic (mmseg) or instance (mmdet Mask2Former with "
                                   "model.test_cfg.instance_on=True); it decides the outputs")
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG/TIFF images, pyramidal TIFF/SVS slides")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="PNG/JPEG/TIFF images, pyramidal TIFF/SVS slides, quoted glob patterns, or manifests "
+                        "(.txt: a path a line; .csv: columns path, region, mpp, name)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--formats", nargs="+", default=None, choices=sorted(set(SINK_FORMATS) | set(CELL_SINK_FORMATS)),
                    help="semantic configs: png (indexed, small ROIs), tiff (pyramidal label mask), geojson (QuPath "
@@ -95,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="segment every input again, even those whose outputs an earlier run completed with the "
+                        "same config, weights and options (default: skip them)")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none",
+                   help="one process per GPU, inputs shared among them: pytorch (torchrun, tools/dist_infer.sh) "
+                        "or slurm (tools/slurm_infer.sh)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
     sem = p.add_argument_group("semantic configs only")
     sem.add_argument("--window", choices=WINDOWS, default=None,
@@ -144,15 +171,16 @@ def _segment_options(args: argparse.Namespace) -> dict:
 def parse_args(argv=None, parser: argparse.ArgumentParser = None) -> argparse.Namespace:
     """Parse and check the options that are wrong for any config (argparse errors, exit status 2),
     before the config is read or any model is loaded."""
-    from uniseg.inference.api import check_distinct_stems
+    from uniseg.inference.cohort import expand_inputs
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         check_segment_options(**_segment_options(args))
-        args.stems = check_distinct_stems(args.inputs, args.region)
-    except ValueError as exc:
+        args.jobs = expand_inputs(args.inputs, args.region, args.slide_mpp)
+    except ValueError as exc:  # a bad option or manifest, an INPUT pattern matching nothing, two equal names
         parser.error(str(exc))
+    args.cohort = args.launcher != "none" or any(job.source != "command line" for job in args.jobs)
     return args
 
 
@@ -169,9 +197,7 @@ def _print_result(path: str, summary: dict) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from uniseg.engine.checkpoint import CheckpointError
-    from uniseg.inference.api import (config_task, default_device, load_segmentor, read_config, segment_file,
-                                      window_defaults)
+    from uniseg.inference.api import config_task, read_config, window_defaults
 
     try:
         cfg = read_config(args.config)
@@ -191,29 +217,107 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                               default_sources=sources)
     except ValueError as exc:
         parser.error(str(exc))
+    from uniseg.inference.ranks import finish, gather, init_ranks
+
     try:
-        segmentor = load_segmentor(cfg, args.checkpoint, device=args.device or default_device())
+        ranks = init_ranks(args.launcher)
+    except (RuntimeError, KeyError, ValueError) as exc:  # no process group to join (missing variables, no GPU)
+        print(f"error: --launcher {args.launcher}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        mine = _segment_share(args, cfg, task, options, ranks)
+        everyone = gather(ranks, mine)
+        return _conclude(args, task, everyone, ranks)
+    finally:
+        finish(ranks)
+
+
+def _segment_share(args: argparse.Namespace, cfg, task: str, options: dict, ranks) -> dict:
+    """Load the model and segment this rank's share of the inputs; what happened to each, for the others."""
+    from uniseg.engine.checkpoint import CheckpointError
+    from uniseg.inference.api import default_device, load_segmentor, prepare_output_folder, segment_file
+    from uniseg.inference.cohort import shard
+    from uniseg.inference.ranks import kill_hook_count
+    from uniseg.inference.resume import clear_failure, config_digest, fingerprint, record_failure, slide_state
+
+    status, errors = {}, {}
+    share = [args.jobs[i] for i in shard(args.jobs, ranks.world_size)[ranks.rank]]
+    try:
+        segmentor = load_segmentor(cfg, args.checkpoint, device=args.device or ranks.device or default_device())
     except (FileNotFoundError, ValueError, CheckpointError) as exc:  # a wrong model never runs
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    failures = 0
-    for path in args.inputs:
-        try:
-            summary = segment_file(segmentor, path, args.out, progress=not args.no_progress,
-                                   amp=args.amp, allow_partial=args.allow_partial, **options)
-        except (OSError, ValueError) as exc:  # unreadable input, unwritable output, input-specific option
-            print(f"error: {exc}", file=sys.stderr)
-            failures += 1
+        return dict(fatal=str(exc), status=status, errors=errors)
+    config_sha = config_digest(cfg)
+    fingerprints = {job.name: fingerprint(config_sha, segmentor.checkpoint_digest, _job_options(args, options, job))
+                    for job in args.jobs}
+    try:  # once per rank: complete the commits of killed runs before judging what is complete
+        prepare_output_folder(args.out)
+    except OSError:
+        pass  # each input below reports the folder's problem as its own failure
+    kill_after = kill_hook_count()
+    for job in share:
+        expected = fingerprints[job.name]
+        if not args.force and slide_state(args.out, job.name, task, job.path, expected).status == "complete":
+            status[job.name] = "skipped-complete"
+            clear_failure(args.out, job.name, task)
+            print(f"{job.path}: skipped: complete ({job.name}, same model and settings)")
             continue
-        _print_result(path, summary)
-    if failures:
-        print(f"{failures} of {len(args.inputs)} input(s) failed (errors above)", file=sys.stderr)
-    return 1 if failures else 0
+        try:
+            summary = segment_file(segmentor, job.path, args.out, progress=not args.no_progress, amp=args.amp,
+                                   allow_partial=args.allow_partial, name=job.name, fingerprint=expected,
+                                   **dict(options, region=job.region, slide_mpp=job.mpp))
+        except Exception as exc:  # this input fails; the others are still segmented
+            expected_kind = isinstance(exc, (OSError, ValueError))  # unreadable input, unwritable output, region
+            message = str(exc) if expected_kind else f"{job.path}: {type(exc).__name__}: {exc}"
+            print(f"error: {message}" if expected_kind else traceback.format_exc(), file=sys.stderr, end="\n")
+            status[job.name], errors[job.name] = "failed", message
+            try:  # for the cohort table, which finds it even if this run is killed later
+                if args.cohort:
+                    record_failure(args.out, job.name, task, job.path, message, expected)
+            except OSError:
+                pass  # the folder cannot take it (the message above already says why)
+            continue
+        clear_failure(args.out, job.name, task)
+        status[job.name] = "done"
+        _print_result(job.path, summary)
+        if kill_after is not None and sum(s == "done" for s in status.values()) >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook (uniseg.inference.ranks.kill_hook_count)
+    return dict(fatal=None, status=status, errors=errors, fingerprints=fingerprints, classes=segmentor.classes)
+
+
+def _job_options(args: argparse.Namespace, options: dict, job) -> dict:
+    """Everything that decides one input's outputs, for its fingerprint (see uniseg.inference.resume)."""
+    return dict(options, region=job.region, slide_mpp=job.mpp, amp=args.amp, allow_partial=args.allow_partial)
+
+
+def _conclude(args: argparse.Namespace, task: str, everyone: list, ranks) -> int:
+    """Exit status, the same on every rank (2: a rank could not load the model; 1: an input failed), and on
+    rank 0 the cohort table."""
+    from uniseg.inference.cohort_table import cohort_rows, write_cohort_table
+
+    status = {name: s for part in everyone for name, s in part["status"].items()}
+    errors = {name: e for part in everyone for name, e in part["errors"].items()}
+    fatal = any(part["fatal"] for part in everyone)
+    failures = sum(s == "failed" for s in status.values())
+    table_error = None
+    loaded = next((part for part in everyone if not part["fatal"]), None)
+    if ranks.rank == 0 and args.cohort and loaded is not None:
+        rows = cohort_rows(args.jobs, args.out, task, loaded["fingerprints"], status, errors)
+        try:
+            path = write_cohort_table(args.out, rows, task, loaded["classes"])
+            print(f"cohort table: {path}")
+        except OSError as exc:
+            table_error = f"{args.out}: cannot write the cohort table ({exc.strerror or exc})"
+            print(f"error: {table_error}", file=sys.stderr)
+    if ranks.rank == 0 and failures:
+        print(f"{failures} of {len(args.jobs)} input(s) failed (errors above)", file=sys.stderr)
+    return 2 if fatal else 1 if failures or table_error else 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(argv, parser)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # launchers that pass --local_rank (as train.py)
     from uniseg.engine.hooks import flush_denormal
 
     with flush_denormal():  # process state: set by the tool for its own work, and restored after it

@@ -89,11 +89,12 @@ def build_runner_config(config: str, work_dir: Optional[str] = None, cfg_options
     return cfg
 
 
-def init_distributed(launcher: str, backend: str = "gloo") -> None:
+def init_distributed(launcher: str, backend: str = "gloo", **kwargs) -> None:
     """Start the process group for CPU-only distributed runs before mmengine tries to.
 
     mmengine's launchers call ``torch.cuda.set_device`` unconditionally, which fails on machines without
-    GPUs; with a group already initialised, the Runner skips its own initialisation.
+    GPUs; with a group already initialised, the Runner skips its own initialisation. ``kwargs`` go to
+    ``init_process_group`` (e.g. ``timeout``).
     """
     import os
 
@@ -103,7 +104,8 @@ def init_distributed(launcher: str, backend: str = "gloo") -> None:
         return
     if launcher != "pytorch":
         raise RuntimeError(f"--launcher {launcher} without GPUs is not supported; use torchrun (--launcher pytorch)")
-    dist.init_process_group(backend=backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    dist.init_process_group(backend=backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                            **kwargs)
 
 
 def build_runner(cfg: Config):

@@ -35,8 +35,8 @@ from .options import DEFAULT_FORMATS, check_pair, check_segment_options, default
 from .tiling import DEFAULT_WINDOW
 
 __all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "window_defaults", "segment_file",
-           "output_stem", "check_distinct_stems", "prepare_output_folder", "summary_name", "CELL_TILE",
-           "CELL_STRIDE_FRACTION"]
+           "output_stem", "check_distinct_stems", "check_distinct_names", "prepare_output_folder", "summary_name",
+           "CELL_TILE", "CELL_STRIDE_FRACTION"]
 
 #: window of a cell model whose config has no ``crop_size``
 CELL_TILE = 512
@@ -66,6 +66,7 @@ class Segmentor:
     config_path: str
     task: str = "semantic"
     window_sources: Tuple[str, str] = ("the config's test_cfg.crop_size", "the config's test_cfg.stride")
+    checkpoint_digest: Optional[str] = None  # SHA-256 of the weights (the checkpoint's recorded checksum)
 
     @property
     def num_classes(self) -> int:
@@ -211,6 +212,7 @@ def load_segmentor(config: Union[str, Any], checkpoint: str, device: str = "cpu"
     ckpt = load_verified_checkpoint(checkpoint, map_location="cpu")  # weights-only, checksum verified
     load_model_state(model, ckpt, checkpoint, strict=True)
     model.to(device).eval()
+    weights_digest = _weights_digest(ckpt)
 
     classes, palette = _class_names(cfg, ckpt.get("meta", {}), config, task)
     if task == "cells":
@@ -223,7 +225,16 @@ def load_segmentor(config: Union[str, Any], checkpoint: str, device: str = "cpu"
     encoder = backbone.get("encoder")
     working_mpp = get_encoder_spec(encoder).mpp if encoder else None
     return Segmentor(model, classes, resolve_palette(classes, palette), tile, stride, working_mpp, config, task,
-                     sources)
+                     sources, weights_digest)
+
+
+def _weights_digest(ckpt: Mapping) -> str:
+    """The SHA-256 of a loaded checkpoint's weights: the one recorded at writing (just verified against the
+    tensors by the loader), computed here only for checkpoints written without one."""
+    from ..engine.checkpoint import CHECKSUM_KEY, digest
+
+    record = (ckpt.get("meta") or {}).get(CHECKSUM_KEY) or {}
+    return record.get("state_dict") or digest(ckpt["state_dict"])
 
 
 def summary_name(stem: str, task: str = "semantic") -> str:
@@ -244,22 +255,28 @@ def output_stem(path: str, region: Optional[str] = None) -> str:
 def check_distinct_stems(paths: Sequence[str], region: Optional[str] = None) -> Dict[str, str]:
     """Output stem of each input; two inputs with the same stem would overwrite each other's outputs.
 
-    Names are compared ignoring case, as on case-insensitive file systems (macOS, Windows) they
-    would be the same files. Raises ``ValueError`` naming both inputs and the shared stem.
+    Raises ``ValueError`` naming both inputs and the shared stem (see :func:`check_distinct_names`).
     """
-    stems: Dict[str, str] = {}
+    stems = {path: output_stem(path, region) for path in paths}
+    check_distinct_names([(path, output_stem(path, region)) for path in paths])
+    return stems
+
+
+def check_distinct_names(named: Sequence[Tuple[str, str]]) -> None:
+    """Refuse two inputs (``(what, output name)`` pairs) whose outputs would have the same name.
+
+    Names are compared ignoring case, as on case-insensitive file systems (macOS, Windows) they
+    would be the same files. Raises ``ValueError`` naming both inputs and the shared name.
+    """
     seen: Dict[str, str] = {}
-    for path in paths:
-        stem = output_stem(path, region)
-        key = stem.casefold()
+    for what, name in named:
+        key = name.casefold()
         if key in seen:
             raise ValueError(
-                f"inputs {seen[key]} and {path} would both write outputs named {stem}_* (the output name is "
-                f"the input's file name without folder and extension); segment them into different --out "
-                f"folders (out_dir), or rename one")
-        seen[key] = path
-        stems[path] = stem
-    return stems
+                f"inputs {seen[key]} and {what} would both write outputs named {name}_* (the output name is "
+                f"the input's file name without folder and extension, or a manifest's name column); segment "
+                f"them into different --out folders (out_dir), or rename one")
+        seen[key] = what
 
 
 def prepare_output_folder(out_dir: str) -> Path:
@@ -348,8 +365,12 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                  score_thr: Optional[float] = None, min_visible: Optional[float] = None,
                  max_per_window: Optional[int] = None, duplicate_overlap: Optional[float] = None,
                  edge_width: Optional[int] = None, border_cells: Optional[str] = None,
-                 num_workers: Optional[int] = None) -> dict:
+                 num_workers: Optional[int] = None, name: Optional[str] = None,
+                 fingerprint: Optional[str] = None) -> dict:
     """Segment one file (or one region of it) and write the requested outputs; returns the summary.
+
+    ``name`` is the name every output starts with (default :func:`output_stem`); ``fingerprint`` is
+    recorded in the summary (see :mod:`uniseg.inference.resume`: what a rerun compares to skip the input).
 
     Resolution: ``level`` reads a pyramid level as it is; ``target_mpp`` resamples to that resolution;
     by default a slide with known microns per pixel is read at the encoder's working resolution and an
@@ -397,10 +418,11 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                             num_workers)
     with open_slide(Path(path), mpp=slide_mpp) as reader:  # an unreadable input fails before the folder is touched
         out = prepare_output_folder(out_dir)
-        _check_summary_owner(out, output_stem(path, region), segmentor.task, path)
+        stem = name or output_stem(path, region)
+        _check_summary_owner(out, stem, segmentor.task, path)
         summary, staged, summary_file, stale = _write_outputs(
-            segmentor, reader, path, out, formats, region, level, target_mpp, export_options, allow_partial, run,
-            progress)
+            segmentor, reader, path, out, stem, formats, region, level, target_mpp, export_options, allow_partial,
+            run, progress, fingerprint)
     try:
         published = publish_together(staged, summary_file, stale)
     except OutputWriteError as exc:  # interrupted after the journal: completed at the next start
@@ -467,8 +489,8 @@ def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, 
     return run
 
 
-def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, formats, region, level, target_mpp,
-                   export_options, allow_partial, run: _Run, progress: bool):
+def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, stem: str, formats, region, level, target_mpp,
+                   export_options, allow_partial, run: _Run, progress: bool, fingerprint: Optional[str] = None):
     """Segment and write every output under a temporary name, the summary included (the prepare phase).
 
     Returns the summary, the finished outputs, the summary's file and the earlier outputs to delete;
@@ -485,7 +507,6 @@ def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, formats, 
     width, height = source.size
     ctx = ExportContext(width=width, height=height, classes=segmentor.classes, palette=segmentor.palette,
                         origin=source.origin, scale=source.scale, mpp=source.mpp)
-    stem = output_stem(path, region)
     table, kind = format_table(task)
     sinks = build_sinks(formats, out, stem, table=table, kind=kind, **(export_options or {}))
     opened: List = []
@@ -501,6 +522,8 @@ def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, formats, 
             level=source.plan.level, mpp=source.mpp, origin=list(source.origin), scale=source.scale,
             size=[width, height], **fields, outputs=[str(pending.path) for pending in staged],
             finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        if fingerprint is not None:
+            summary["fingerprint"] = fingerprint
         summary_path = out / summary_name(stem, task)
         try:
             summary_file = PendingFile(summary_path)
