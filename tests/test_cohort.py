@@ -208,7 +208,8 @@ def test_segment_file_writes_under_the_name_given(tmp_path):
     image = _write_png(tmp_path / "case.png", _blobs())
     summary = segment_file(_segmentor(), str(image), str(tmp_path / "out"), formats=["png"], progress=False,
                            name="patient7")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient7_mask.png", "patient7_summary.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient7_mask.png", "patient7_summary.json",
+                                                                      "patient7_tissue.png"]
     assert summary["input"] == str(image)
 
 

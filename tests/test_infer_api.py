@@ -183,7 +183,7 @@ def test_probability_maps_sum_to_one_and_their_argmax_is_the_mask(tmp_path):
     expected = 255 / (1 + np.exp(-(110 - mean) / 25))
     assert np.abs(probs[1] - expected).max() <= 1
     assert sorted(Path(p).name for p in summary["outputs"]) == [
-        "background.tif", "dark.tif", "soft_mask.png", "soft_summary.json"]
+        "background.tif", "dark.tif", "soft_mask.png", "soft_summary.json", "soft_tissue.png"]
 
 
 def test_working_resolution_is_the_default_for_slides_with_mpp(tmp_path):
@@ -330,8 +330,9 @@ def test_a_rerun_replaces_the_set_and_removes_outputs_of_formats_not_requested_a
     assert (out / "case.geojson").exists() and (out / "case_probs" / "dark.tif").exists()
     summary = segment_file(_segmentor(_LightIsClassOne().eval()), str(image), str(out), formats=["png", "tiff"],
                            progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["case_mask.png", "case_mask.tif", "case_summary.json", "notes.txt"]
-    assert _listed(out / "case_summary.json") == ["case_mask.png", "case_mask.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_mask.png", "case_mask.tif", "case_summary.json",
+                                                     "case_tissue.png", "notes.txt"]
+    assert _listed(out / "case_summary.json") == ["case_mask.png", "case_mask.tif", "case_tissue.png"]
     assert summary["outputs"][-1] == str(out / "case_summary.json")
     np.testing.assert_array_equal(_read_mask(out / "case_mask.png"), 1 - _dark(_blobs()))
     np.testing.assert_array_equal(tifffile.imread(out / "case_mask.tif"), 1 - _dark(_blobs()))
@@ -433,7 +434,7 @@ def test_kill_9_during_the_commit_then_the_next_run_completes_the_set(tmp_path):
 
     segment_file(_segmentor(), str(other), str(out), formats=["png"], progress=False)  # the next start
     assert _listed(out / "case_summary.json") == [
-        "case_mask.png", "case_mask.tif", "case_probs/background.tif", "case_probs/dark.tif"]
+        "case_mask.png", "case_mask.tif", "case_probs/background.tif", "case_probs/dark.tif", "case_tissue.png"]
     light = 1 - _dark(_blobs())
     np.testing.assert_array_equal(_read_mask(out / "case_mask.png"), light)
     np.testing.assert_array_equal(tifffile.imread(out / "case_mask.tif"), light)

@@ -254,7 +254,8 @@ def test_cells_of_a_real_image_are_its_connected_components_in_every_output(tmp_
     assert summary["classes"] == {"nucleus": {"cells": 97, "cells_per_mm2_tissue": None}}  # no pixel size
     assert summary["score_thr"] == 0.5 and summary["border_cells"] == "keep"  # the defaults, recorded
     assert sorted(Path(p).name for p in summary["outputs"]) == [
-        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif", "nuclei_br_cells_summary.json"]
+        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif", "nuclei_br_cells_summary.json",
+        "nuclei_br_cells_tissue.png"]
     assert summary["outputs"][-1].endswith("_cells_summary.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(p).name for p in summary["outputs"])
     assert json.loads((tmp_path / "nuclei_br_cells_summary.json").read_text())["outputs"] == summary["outputs"][:-1]
@@ -330,8 +331,8 @@ def test_cell_and_mask_sets_of_one_image_live_side_by_side(tmp_path):
     segment_file(_stand_in(), str(NUCLEI), str(tmp_path), formats=["geojson", "csv"], progress=False)
     segment_file(_stand_in(), str(NUCLEI), str(tmp_path), formats=["csv"], progress=False)  # drops its own geojson
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "nuclei_br.geojson", "nuclei_br_cells.csv", "nuclei_br_cells_summary.json", "nuclei_br_mask.png",
-        "nuclei_br_summary.json"]
+        "nuclei_br.geojson", "nuclei_br_cells.csv", "nuclei_br_cells_summary.json", "nuclei_br_cells_tissue.png",
+        "nuclei_br_mask.png", "nuclei_br_summary.json", "nuclei_br_tissue.png"]
 
 
 def test_a_cell_set_never_replaces_the_mask_set_of_another_input_with_the_same_names(tmp_path):
@@ -349,7 +350,7 @@ def test_a_cell_set_never_replaces_the_mask_set_of_another_input_with_the_same_n
     out = tmp_path / "out"
     segment_file(_segmentor(), str(tmp_path / "x_cells.png"), str(out), formats=["png", "geojson"], progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(before) == ["x_cells.geojson", "x_cells_mask.png", "x_cells_summary.json"]
+    assert sorted(before) == ["x_cells.geojson", "x_cells_mask.png", "x_cells_summary.json", "x_cells_tissue.png"]
     with pytest.raises(OutputWriteError, match=r"x_cells_summary.json is the summary of the mask outputs of "
                                                r".*x_cells.png; the cell outputs of this input have the same names"):
         segment_file(_stand_in(), str(tmp_path / "x.png"), str(out), formats=["geojson", "csv"], progress=False)
@@ -383,7 +384,7 @@ def test_kill_9_during_the_commit_of_cells_then_the_next_run_completes_the_set(t
     segment_file(_stand_in(), str(other), str(out), formats=["csv"], progress=False)  # the next start
     found = _outputs(out, "nuclei_br")
     assert sorted(Path(p).name for p in found["summary"]["outputs"]) == [
-        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif"]
+        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif", "nuclei_br_cells_tissue.png"]
     assert _assert_consistent(found) == 97 != before  # the killed run's cells, complete
     _assert_same_cells(_reference(read_rgb(NUCLEI)), found["ids"])
     assert not [p for p in out.rglob(".*")], "journal or temporaries left"
@@ -412,7 +413,8 @@ def test_cli_writes_the_cells_of_an_instance_model(models, tmp_path):
     assert list(summary["classes"]) == ["nucleus"]
     assert f"{summary['cells']} cells" in proc.stdout and "wrote" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif", "nuclei_br_cells_summary.json"]
+        "nuclei_br_cells.csv", "nuclei_br_cells.geojson", "nuclei_br_cells.tif", "nuclei_br_cells_summary.json",
+        "nuclei_br_cells_tissue.png"]
 
 
 def _corrupt_a_tensor(path: Path, tmp_path: Path) -> Path:

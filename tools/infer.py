@@ -107,8 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
                         f"cells, {CELL_STRIDE_FRACTION:g} of the tile: the overlap, tile - stride, must exceed the "
                         f"largest cell)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (>= 1)")
-    p.add_argument("--tissue-threshold", type=float, default=None,
-                   help="skip windows with less tissue than this fraction in [0, 1] (labelled background; no cells)")
+    tissue = p.add_argument_group(
+        "tissue", "before any window is read, tissue is found on a low-resolution overview (Otsu on saturation, "
+                  "about 8 um/px); windows that touch none are never read (background; no cells). The summary "
+                  "reports the tissue area and <name>_tissue.png shows the outline and the windows run")
+    tissue_source = tissue.add_mutually_exclusive_group()
+    tissue_source.add_argument("--tissue-mask", metavar="PATH",
+                               help="segment where this mask says instead of detecting tissue: a binary image (any "
+                                    "size, stretched over the slide; non-zero = segment) or a GeoJSON of regions in "
+                                    "level-0 pixels (QuPath's annotation export)")
+    tissue_source.add_argument("--no-tissue-detection", dest="tissue_detection", action="store_false",
+                               help="run every window")
+    tissue.add_argument("--tissue-min-fraction", type=float, default=0.0,
+                        help="run a window only when the tissue mask covers at least this fraction of it, in [0, 1] "
+                             "(default 0: any tissue)")
+    tissue.add_argument("--tissue-threshold", type=float, default=None,
+                        help="also skip a window read whose own pixels hold less tissue than this fraction in [0, 1] "
+                             "(a full-resolution test after reading it)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads reading windows ahead of the model, plus one writing the outputs (>= 0; 0: all in "
                         "one thread; default: the CPU count - 1, at most 4); results are the same")
@@ -163,6 +178,8 @@ def _segment_options(args: argparse.Namespace) -> dict:
     return dict(formats=args.formats, region=args.region, level=args.level, target_mpp=args.mpp,
                 slide_mpp=args.slide_mpp, tile=args.tile, stride=args.stride, batch_size=args.batch_size,
                 window=args.window, tissue_threshold=args.tissue_threshold, export_options=export_options,
+                tissue_mask=args.tissue_mask, tissue_detection=args.tissue_detection,
+                tissue_min_fraction=args.tissue_min_fraction,
                 score_thr=args.score_thr, min_visible=args.min_visible, max_per_window=args.max_per_window,
                 duplicate_overlap=args.duplicate_overlap, edge_width=args.edge_width, border_cells=args.border_cells,
                 num_workers=args.workers)
@@ -192,6 +209,10 @@ def _print_result(path: str, summary: dict) -> None:
               f"{summary['seconds']} s")
     else:
         print(f"{path}: {where}, {summary['tiles']} windows in {summary['seconds']} s")
+    outside = summary.get("windows_outside_tissue")
+    if outside:
+        area = summary.get("tissue_area_mm2")
+        print(f"  {outside} windows without tissue were not read" + (f" (tissue {area} mm2)" if area else ""))
     for output in summary["outputs"]:
         print(f"  wrote {output}")
 

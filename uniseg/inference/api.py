@@ -33,6 +33,8 @@ from ..utils.atomic import OutputWriteError, PendingFile, publish_together, reco
 from ..utils.palette import resolve_palette
 from .options import DEFAULT_FORMATS, check_pair, check_segment_options, default_num_workers, format_table
 from .tiling import DEFAULT_WINDOW
+from .tissue import DEFAULT_MIN_FRACTION
+from .window_plan import TissueOptions, plan_windows, thumbnail_name
 
 __all__ = ["Segmentor", "load_segmentor", "read_config", "config_task", "window_defaults", "segment_file",
            "output_stem", "check_distinct_stems", "check_distinct_names", "prepare_output_folder", "summary_name",
@@ -366,7 +368,8 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                  max_per_window: Optional[int] = None, duplicate_overlap: Optional[float] = None,
                  edge_width: Optional[int] = None, border_cells: Optional[str] = None,
                  num_workers: Optional[int] = None, name: Optional[str] = None,
-                 fingerprint: Optional[str] = None) -> dict:
+                 fingerprint: Optional[str] = None, tissue_mask: Optional[str] = None, tissue_detection: bool = True,
+                 tissue_min_fraction: float = DEFAULT_MIN_FRACTION) -> dict:
     """Segment one file (or one region of it) and write the requested outputs; returns the summary.
 
     ``name`` is the name every output starts with (default :func:`output_stem`); ``fingerprint`` is
@@ -407,7 +410,9 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
                           batch_size=batch_size, window=window, tissue_threshold=tissue_threshold,
                           export_options=export_options, default_tile=segmentor.tile,
                           default_stride=segmentor.stride, default_sources=segmentor.window_sources,
-                          num_workers=num_workers, **cell_options)
+                          num_workers=num_workers, tissue_mask=tissue_mask, tissue_detection=tissue_detection,
+                          tissue_min_fraction=tissue_min_fraction, **cell_options)
+    tissue = TissueOptions(tissue_mask, tissue_detection, tissue_min_fraction)
     num_workers = default_num_workers() if num_workers is None else num_workers
     formats = DEFAULT_FORMATS[segmentor.task] if formats is None else formats
     tile, stride = check_pair("tile", tile) or segmentor.tile, check_pair("stride", stride) or segmentor.stride
@@ -422,7 +427,7 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
         _check_summary_owner(out, stem, segmentor.task, path)
         summary, staged, summary_file, stale = _write_outputs(
             segmentor, reader, path, out, stem, formats, region, level, target_mpp, export_options, allow_partial,
-            run, progress, fingerprint)
+            run, progress, fingerprint, (tile, stride, tissue))
     try:
         published = publish_together(staged, summary_file, stale)
     except OutputWriteError as exc:  # interrupted after the journal: completed at the next start
@@ -434,8 +439,9 @@ def segment_file(segmentor: Segmentor, path: str, out_dir: str, formats: Optiona
     return summary
 
 
-#: one task's work on an opened region: (source, opened sinks, progress) -> the task's summary fields
-_Run = Callable[[Any, Sequence, bool], dict]
+#: one task's work on an opened region: (source, opened sinks, progress, windows selected or None) -> the task's
+#: summary fields
+_Run = Callable[[Any, Sequence, bool, Any], dict]
 
 
 def _semantic_run(segmentor: Segmentor, tile, stride, batch_size, window, tissue_threshold, amp,
@@ -443,12 +449,12 @@ def _semantic_run(segmentor: Segmentor, tile, stride, batch_size, window, tissue
     """Class masks: the sliding-window inferencer, with class areas in the summary."""
     from .inferencer import SlidingWindowInferencer
 
-    def run(source, sinks: Sequence, progress: bool) -> dict:
+    def run(source, sinks: Sequence, progress: bool, select) -> dict:
         inferencer = SlidingWindowInferencer(
             segmentor.model, segmentor.num_classes, tile=tile, stride=stride, batch_size=batch_size, window=window,
             tissue_threshold=tissue_threshold, amp=amp, num_workers=num_workers,
             with_probs=any(getattr(s, "requires_probs", False) for s in sinks))
-        stats = inferencer.run(source, sinks, progress=progress)
+        stats = inferencer.run(source, sinks, progress=progress, select=select)
         area = None if source.mpp is None else (source.mpp / 1000.0) ** 2  # mm^2 per output pixel
         return dict(
             tile=list(inferencer.tile), stride=list(inferencer.stride), window=window, tiles=stats.tiles,
@@ -477,8 +483,8 @@ def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, 
     stitcher = CellStitcher(predictor, tile=tile, stride=stride, batch_size=batch_size,
                             tissue_threshold=tissue_threshold, num_workers=num_workers, **given)
 
-    def run(source, sinks: Sequence, progress: bool) -> dict:
-        stats = stitcher.run(source, sinks, progress=progress)
+    def run(source, sinks: Sequence, progress: bool, select) -> dict:
+        stats = stitcher.run(source, sinks, progress=progress, select=select)
         return dict(
             tile=list(stitcher.tile), stride=list(stitcher.stride), score_thr=predictor.score_thr,
             min_visible=predictor.min_visible, max_per_window=predictor.max_per_image,
@@ -490,8 +496,12 @@ def _cell_run(segmentor: Segmentor, tile, stride, batch_size, tissue_threshold, 
 
 
 def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, stem: str, formats, region, level, target_mpp,
-                   export_options, allow_partial, run: _Run, progress: bool, fingerprint: Optional[str] = None):
+                   export_options, allow_partial, run: _Run, progress: bool, fingerprint: Optional[str],
+                   windows: Tuple[Tuple[int, int], Tuple[int, int], TissueOptions]):
     """Segment and write every output under a temporary name, the summary included (the prepare phase).
+
+    ``windows`` (tile, stride, tissue options) plans which windows are read (:func:`plan_windows`);
+    the plan's thumbnail joins the outputs and its tissue figures the summary.
 
     Returns the summary, the finished outputs, the summary's file and the earlier outputs to delete;
     on any error every temporary is removed and nothing else changed.
@@ -510,13 +520,19 @@ def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, stem: str
     table, kind = format_table(task)
     sinks = build_sinks(formats, out, stem, table=table, kind=kind, **(export_options or {}))
     opened: List = []
+    extra: List[PendingFile] = []
     summary_file: Optional[PendingFile] = None
     try:
+        plan = plan_windows(reader, source, *windows)  # before any window is read
         for sink in sinks:
             sink.open(ctx)
             opened.append(sink)
-        fields = run(source, opened, progress)
+        fields = run(source, opened, progress, plan.select)
+        for key, value in plan.summary_fields(source).items():  # cells measure their tissue area on the
+            fields.setdefault(key, value)                          # pixels read: their densities' denominator
         staged = [pending for sink in opened for pending in sink.finish()]
+        extra.append(plan.thumbnail(out / thumbnail_name(stem, task), reader, source))
+        staged += extra
         summary = dict(
             task=task, input=str(path), config=segmentor.config_path, region=None if roi is None else str(roi),
             level=source.plan.level, mpp=source.mpp, origin=list(source.origin), scale=source.scale,
@@ -532,18 +548,20 @@ def _write_outputs(segmentor: Segmentor, reader, path: str, out: Path, stem: str
             raise OutputWriteError(f"{summary_path}: cannot write this output ({exc.strerror or exc})") from exc
         stale = _earlier_outputs(out, stem, [pending.path for pending in staged], task)
     except OutputWriteError as exc:
-        _discard(opened, summary_file)
+        _discard(opened, summary_file, extra)
         raise OutputWriteError(f"{path}: {exc}; nothing was written for this input and earlier outputs in {out} "
                                f"were left as they were") from exc
     except BaseException:
-        _discard(opened, summary_file)
+        _discard(opened, summary_file, extra)
         raise
     return summary, staged, summary_file, stale
 
 
-def _discard(sinks: Sequence, summary_file: Optional[PendingFile]) -> None:
+def _discard(sinks: Sequence, summary_file: Optional[PendingFile], extra: Sequence[PendingFile] = ()) -> None:
     for sink in sinks:
         sink.abort()
+    for pending in extra:
+        pending.discard()
     if summary_file is not None:
         summary_file.discard()
 

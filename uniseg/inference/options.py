@@ -20,15 +20,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from .tiling import WINDOWS
 
 __all__ = ["OPTION_FLAGS", "TASKS", "TASK_OPTIONS", "DEFAULT_FORMATS", "BORDER_CELLS",
-           "check_window_options", "check_segment_options", "check_cell_options", "check_task_options",
-           "check_pair", "check_num_workers", "default_num_workers", "format_table"]
+           "check_window_options", "check_segment_options", "check_tissue_options", "check_cell_options",
+           "check_task_options", "check_pair", "check_num_workers", "default_num_workers", "format_table"]
 
 #: Python argument -> command-line flag of tools/infer.py
 OPTION_FLAGS: Dict[str, str] = {
     "tile": "--tile", "stride": "--stride", "batch_size": "--batch-size", "window": "--window",
     "tissue_threshold": "--tissue-threshold", "level": "--level", "target_mpp": "--mpp",
     "slide_mpp": "--slide-mpp", "region": "--region", "formats": "--formats",
-    "simplify_tolerance": "--simplify",
+    "simplify_tolerance": "--simplify", "tissue_mask": "--tissue-mask", "tissue_detection": "--no-tissue-detection",
+    "tissue_min_fraction": "--tissue-min-fraction",
     "score_thr": "--score-thr", "min_visible": "--min-visible", "max_per_window": "--max-per-window",
     "duplicate_overlap": "--duplicate-overlap", "edge_width": "--edge-width", "border_cells": "--border-cells",
     "num_workers": "--workers",
@@ -125,6 +126,23 @@ def check_window_options(tile: Any = None, stride: Any = None, batch_size: Any =
                          f"pixels a window needs to be run), got {tissue_threshold!r}")
 
 
+def check_tissue_options(tissue_mask: Any = None, tissue_detection: Any = True, tissue_min_fraction: Any = 0.0) -> None:
+    """Which windows run (see :mod:`uniseg.inference.window_plan`): a user mask that exists, or detection on/off,
+    and the share of a window the tissue must cover."""
+    if not isinstance(tissue_detection, bool):
+        raise ValueError(f"tissue_detection must be True or False, got {tissue_detection!r}")
+    if tissue_mask is not None:
+        if not tissue_detection:
+            raise ValueError(f"{_name('tissue_mask')} and {OPTION_FLAGS['tissue_detection']} (tissue_detection=False) "
+                             f"contradict each other: a mask says where to segment, the other says everywhere")
+        if not os.path.isfile(str(tissue_mask)):
+            raise ValueError(f"{_name('tissue_mask')}: {tissue_mask}: no such file (a binary image, or a GeoJSON of "
+                             f"regions in level-0 pixels)")
+    if not (_is_number(tissue_min_fraction) and 0 <= tissue_min_fraction <= 1):
+        raise ValueError(f"{_name('tissue_min_fraction')} must be a fraction in [0, 1] (the share of a window the "
+                         f"tissue mask must cover for it to run; 0: any tissue), got {tissue_min_fraction!r}")
+
+
 def check_cell_options(score_thr: Any = None, min_visible: Any = None, max_per_window: Any = None,
                        duplicate_overlap: Any = None, edge_width: Any = None, border_cells: Any = None) -> None:
     """Ranges of the cell options (``None``: not given; the defaults of :class:`CellStitcher` and
@@ -195,6 +213,7 @@ def check_segment_options(*, task: Optional[str] = None, config: str = "", forma
                           export_options: Optional[Mapping[str, dict]] = None, score_thr: Any = None,
                           min_visible: Any = None, max_per_window: Any = None, duplicate_overlap: Any = None,
                           edge_width: Any = None, border_cells: Any = None, num_workers: Any = None,
+                          tissue_mask: Any = None, tissue_detection: Any = True, tissue_min_fraction: Any = 0.0,
                           default_tile: Optional[Tuple[int, int]] = None,
                           default_stride: Optional[Tuple[int, int]] = None,
                           default_sources: Tuple[str, str] = ("the config's test_cfg.crop_size",
@@ -237,6 +256,7 @@ def check_segment_options(*, task: Optional[str] = None, config: str = "", forma
                          tile_source=f" ({'; '.join(defaults)})" if defaults else "")
     if num_workers is not None:  # None: default_num_workers()
         check_num_workers(num_workers)
+    check_tissue_options(tissue_mask, tissue_detection, tissue_min_fraction)
     check_cell_options(**cell_options)
     if formats is None:
         if task is None:
