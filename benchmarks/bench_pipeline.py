@@ -127,6 +127,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (as tools/infer.py --amp)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeat", type=int, default=1, help="run the whole sequence this often; report medians")
     p.add_argument("--json", help="also write the results here")
@@ -149,16 +150,22 @@ def main(argv=None) -> dict:
         source = RegionSource.open(reader, target_mpp=args.mpp) if args.mpp else RegionSource.open(reader)
         runs = [("synchronous", None)] + [(f"workers={w}", w) for w in args.workers]
         warm = SlidingWindowInferencer(seg.model, seg.num_classes, tile=tile, stride=stride,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, amp=args.amp)
         warm.predict_tiles(np.zeros((args.batch_size, *tile, 3), np.uint8))  # first-call costs out of the figures
         for name, workers in [run for _ in range(args.repeat) for run in runs]:
             inferencer = SlidingWindowInferencer(seg.model, seg.num_classes, tile=tile, stride=stride,
                                                  batch_size=args.batch_size, num_workers=workers or 0,
-                                                 with_probs=False)
+                                                 with_probs=False, amp=args.amp)
             collect = _Collect()
             sinks = _open_sinks(seg, source, out, name.replace("=", "")) + [collect]
+            cuda = torch.device(args.device).type == "cuda"
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             with torch.no_grad():
                 result = (run_baseline if workers is None else run_pipelined)(inferencer, source, sinks)
+            if cuda:  # peak GPU memory of the run, the model's weights included
+                result["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
             for sink in sinks[:-1]:
                 sink.close()
             results.setdefault(name, []).append(result)
@@ -170,15 +177,16 @@ def main(argv=None) -> dict:
         r["identical"] = bool(np.array_equal(masks[name], masks["synchronous"]))
     print(f"\n{Path(args.slide).name}: {source.width} x {source.height} px, tile {tile}, stride {stride}, "
           f"batch {args.batch_size}, device {args.device}, {os.cpu_count()} CPUs, outputs {', '.join(FORMATS)}, "
-          f"median of {args.repeat}")
+          f"median of {args.repeat}{', bf16' if args.amp else ''}")
     print(f"{'run':12} {'windows':>7} {'s':>7} {'win/s':>7} {'ratio':>6} {'read':>6} {'model':>6} {'write':>6} "
           f"{'r-wait':>6} {'w-wait':>6} identical")
     for name, r in results.items():
         print(f"{name:12} {r['windows']:7d} {r['seconds']:7.2f} {r['windows_per_second']:7.2f} {r['ratio']:6.2f} "
               f"{r['read']:6.2f} {r['model']:6.2f} {r['write']:6.2f} {r['read_wait']:6.2f} {r['write_wait']:6.2f} "
-              f"{r['identical']}")
+              f"{r['identical']}" + (f"  GPU peak {r['gpu_peak_mib']:.0f} MiB" if "gpu_peak_mib" in r else ""))
     summary = dict(slide=str(args.slide), size=[source.width, source.height], tile=list(tile), stride=list(stride),
-                   batch_size=args.batch_size, device=args.device, cpus=os.cpu_count(), results=results)
+                   batch_size=args.batch_size, device=args.device, amp=args.amp, cpus=os.cpu_count(),
+                   results=results)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary
