@@ -99,10 +99,47 @@ def test_output_names_must_differ_ignoring_case_across_manifests_and_the_command
         "first", "slide"]
 
 
-def test_the_cli_refuses_a_bad_manifest_before_loading_anything(tmp_path, capsys):
+def test_a_manifests_tissue_masks_resolve_against_its_folder_and_empty_cells_keep_the_command_lines(tmp_path):
+    manifest = tmp_path / "cohort" / "m.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,tissue_mask\na.svs,masks/a.geojson\nb.svs,\nc.svs,/abs/c.png\n")
+    assert [j.tissue_mask for j in read_manifest(str(manifest))] == [
+        str(manifest.parent / "masks/a.geojson"), None, "/abs/c.png"]
+    assert [j.tissue_mask for j in expand_inputs([str(manifest)], tissue_mask="all.png")] == [
+        str(manifest.parent / "masks/a.geojson"), "all.png", "/abs/c.png"]
+    (tmp_path / "list.txt").write_text("d.svs\n")
+    assert [j.tissue_mask for j in expand_inputs([str(tmp_path / "list.txt"), "e.svs"], tissue_mask="all.png")] == [
+        "all.png", "all.png"]
+
+
+def test_a_slides_own_mask_applies_under_no_tissue_detection_and_the_others_run_every_window(tmp_path):
+    cli = _cli()
+    (tmp_path / "m.csv").write_text("path,tissue_mask\na.svs,a.geojson\nb.svs,\n")
+    args = cli.parse_args(["config.py", "model.pth", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"),
+                           "--no-tissue-detection"])
+    given = [cli._slide_options(cli._segment_options(args), job) for job in args.jobs]
+    assert [(o["tissue_mask"], o["tissue_detection"]) for o in given] == [(str(tmp_path / "a.geojson"), True),
+                                                                          (None, False)]
+
+
+def _cli():
     spec = importlib.util.spec_from_file_location("uniseg_infer_cli", REPO / "tools/infer.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def _square_geojson(path: Path, side: int) -> Path:
+    """A GeoJSON tissue mask: one square at the slide's top-left corner, in level-0 pixels."""
+    square = [[0, 0], [side, 0], [side, side], [0, side], [0, 0]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [square]}}]}))
+    return path
+
+
+def test_the_cli_refuses_a_bad_manifest_before_loading_anything(tmp_path, capsys):
+    cli = _cli()
     (tmp_path / "m.csv").write_text('path,region\na.svs,"0,0,8"\n')
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["config.py", "model.pth", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out")])
@@ -166,6 +203,23 @@ def test_the_fingerprint_follows_what_changes_outputs_and_ignores_what_does_not(
     for name, value in dict(batch_size=1, num_workers=4, progress=False, device="cuda:1", name="other").items():
         assert name in NOT_IN_FINGERPRINT
         assert fingerprint(config_digest(cfg), "w" * 64, dict(_OPTIONS, **{name: value})) == base
+
+
+def test_the_fingerprint_of_a_command_line_tissue_mask_follows_its_content_not_only_its_path(tmp_path):
+    cli = _cli()
+    mask = _square_geojson(tmp_path / "mask.geojson", 40)
+    args = cli.parse_args(["config.py", "model.pth", "a.svs", "--out", str(tmp_path / "out"),
+                           "--tissue-mask", str(mask)])
+
+    def print_of_a():
+        return fingerprint("c" * 64, "w" * 64, cli._job_options(args, cli._segment_options(args), args.jobs[0]))
+
+    first = print_of_a()
+    assert print_of_a() == first
+    _square_geojson(mask, 41)  # the same path, redrawn
+    assert print_of_a() != first
+    mask.unlink()  # gone: matches no earlier run (the run fails on it and says why)
+    assert print_of_a() != first
 
 
 def test_the_weights_digest_is_the_checkpoints_recorded_checksum_else_computed():
@@ -320,6 +374,50 @@ def _comparable(summary_path: Path) -> dict:
         summary.pop(key)
     summary["outputs"] = [Path(p).name for p in summary["outputs"]]
     return summary
+
+
+def test_a_manifests_tissue_mask_column_restricts_its_slide_and_its_content_is_in_the_fingerprint(
+        cohort, tmp_path, capsys, monkeypatch):
+    """One process, in this one (fast): a slide with its own GeoJSON, one whose mask is missing (fails alone,
+    naming the mask), one detected; a rerun skips what is unchanged and redoes the slide whose mask was redrawn."""
+    monkeypatch.setenv("LOCAL_RANK", "0")  # main() sets it when unset
+    slides = cohort["manifest"].parent
+    _square_geojson(tmp_path / "masks" / "s3.geojson", 40)  # the top-left window of s3's 3 x 3 only
+    manifest = tmp_path / "masked.csv"
+    manifest.write_text(f"path,tissue_mask\n{slides / 's3.png'},masks/s3.geojson\n{slides / 's4.png'},\n"
+                        f"{slides / 's2.png'},masks/gone.geojson\n")
+    out = tmp_path / "out"
+    cli = _cli()
+    argv = [str(DEMO_CONFIG), str(cohort["checkpoint"]), str(manifest), "--out", str(out), "--no-progress",
+            "--formats", "png", "--device", "cpu", "--workers", "0"]
+
+    assert cli.main(argv) == 1
+    std = capsys.readouterr()
+    assert _written(std.out) == ["s3", "s4"]
+    masked = json.loads((out / "s3_summary.json").read_text())
+    assert masked["tissue_mask"]["source"] == f"geojson: {tmp_path / 'masks' / 's3.geojson'}"
+    assert masked["windows_outside_tissue"] == 8 and masked["tiles"] == 9  # of s3's 3 x 3 windows
+    detected = json.loads((out / "s4_summary.json").read_text())
+    assert detected["tissue_mask"]["source"].startswith("detected")
+    table = _table(out)
+    assert {n: row["status"] for n, row in table.items()} == {"s3": "done", "s4": "done", "s2": "failed"}
+    error = table["s2"]["error"]
+    assert str(tmp_path / "masks" / "gone.geojson") in error and "no such file" in error and "s2.png" in error
+    assert json.loads((out / failure_name("s2")).read_text())["error"] == error
+
+    assert cli.main(argv) == 1  # unchanged: the complete slides are skipped, the failed one fails again
+    std = capsys.readouterr()
+    assert _written(std.out) == [] and sorted(re.findall(r"skipped: complete \((\w+),", std.out)) == ["s3", "s4"]
+
+    _square_geojson(tmp_path / "masks" / "s3.geojson", 100)  # redrawn under the same name: now 2 x 2 windows
+    _square_geojson(tmp_path / "masks" / "gone.geojson", 40)  # drawn at last
+    assert cli.main(argv) == 0
+    std = capsys.readouterr()
+    assert _written(std.out) == ["s2", "s3"] and re.findall(r"skipped: complete \((\w+),", std.out) == ["s4"]
+    assert json.loads((out / "s3_summary.json").read_text())["windows_outside_tissue"] == 9 - 4
+    assert {n: row["status"] for n, row in _table(out).items()} == {
+        "s3": "done", "s4": "skipped-complete", "s2": "done"}
+    assert not (out / failure_name("s2")).exists()
 
 
 @pytest.mark.slow

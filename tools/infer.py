@@ -20,18 +20,20 @@ working resolution (UNI: 0.5 um/px).
 An INPUT is an image or slide, a quoted glob pattern ('slides/*.svs'; sorted; one that matches nothing
 is an error) or a manifest: a .txt file (a slide path a line, # comments) or a .csv file with a header:
 path (required), region (x,y,w,h), mpp (the slide's um/px at level 0), name (output name instead of
-the file stem); empty cells keep the command line's setting; relative paths are relative to the
-manifest's folder. A malformed manifest is an error naming its file and line (status 2).
+the file stem), tissue_mask (this slide's mask, as --tissue-mask; it applies even with
+--no-tissue-detection); empty cells keep the command line's setting; relative paths are relative to the
+manifest's folder. A malformed manifest is an error naming its file and line (status 2); a missing
+slide or mask file fails that slide only.
 
 The outputs of each input appear together, the summary last: a summary means its set is complete.
 Inputs whose outputs would share a name (same file stem) are refused before any work. A rerun of the
 same command skips inputs whose outputs are complete and were made with the same config, weights and
-output-changing options (a fingerprint in the summary) and redoes the rest; --force redoes all. A
-failing input (unreadable, region outside the slide, outputs that cannot be written) is reported
-and skipped (with a manifest, pattern or launcher also recorded as <stem>_error.json); the others
-are still segmented, and the exit status is 1. Invalid options, configs and checkpoints exit with
-status 2. With a manifest, a pattern or a launcher, cohort.csv in --out has one row per input:
-status, error, size, areas, windows, seconds.
+output-changing options, a tissue mask's content included (a fingerprint in the summary), and redoes
+the rest; --force redoes all. A failing input (unreadable, region outside the slide, missing tissue
+mask, outputs that cannot be written) is reported and skipped (with a manifest, pattern or launcher
+also recorded as <stem>_error.json); the others are still segmented, and the exit status is 1.
+Invalid options, configs and checkpoints exit with status 2. With a manifest, a pattern or a
+launcher, cohort.csv in --out has one row per input: status, error, size, areas, windows, seconds.
 
 Many GPUs: bash tools/dist_infer.sh CONFIG CHECKPOINT GPUS INPUT... --out DIR (torchrun) or
 tools/slurm_infer.sh; inputs are shared among the processes, largest file first.
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="PNG/JPEG/TIFF images, pyramidal TIFF/SVS slides, quoted glob patterns, or manifests "
-                        "(.txt: a path a line; .csv: columns path, region, mpp, name)")
+                        "(.txt: a path a line; .csv: columns path, region, mpp, name, tissue_mask)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--formats", nargs="+", default=None, choices=sorted(set(SINK_FORMATS) | set(CELL_SINK_FORMATS)),
                    help="semantic configs: png (indexed, small ROIs), tiff (pyramidal label mask), geojson (QuPath "
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     tissue_source.add_argument("--tissue-mask", metavar="PATH",
                                help="segment where this mask says instead of detecting tissue: a binary image (any "
                                     "size, stretched over the slide; non-zero = segment) or a GeoJSON of regions in "
-                                    "level-0 pixels (QuPath's annotation export)")
+                                    "level-0 pixels (QuPath's annotation export); per slide: a manifest's "
+                                    "tissue_mask column")
     tissue_source.add_argument("--no-tissue-detection", dest="tissue_detection", action="store_false",
                                help="run every window")
     tissue.add_argument("--tissue-min-fraction", type=float, default=0.0,
@@ -194,7 +197,7 @@ def parse_args(argv=None, parser: argparse.ArgumentParser = None) -> argparse.Na
     args = parser.parse_args(argv)
     try:
         check_segment_options(**_segment_options(args))
-        args.jobs = expand_inputs(args.inputs, args.region, args.slide_mpp)
+        args.jobs = expand_inputs(args.inputs, args.region, args.slide_mpp, args.tissue_mask)
     except ValueError as exc:  # a bad option or manifest, an INPUT pattern matching nothing, two equal names
         parser.error(str(exc))
     args.cohort = args.launcher != "none" or any(job.source != "command line" for job in args.jobs)
@@ -284,9 +287,12 @@ def _segment_share(args: argparse.Namespace, cfg, task: str, options: dict, rank
             print(f"{job.path}: skipped: complete ({job.name}, same model and settings)")
             continue
         try:
+            if job.tissue_mask is not None and not os.path.isfile(job.tissue_mask):  # may be drawn before a rerun
+                raise FileNotFoundError(f"{job.tissue_mask}: no such file (the tissue mask of {job.path}, "
+                                        f"{job.source})")
             summary = segment_file(segmentor, job.path, args.out, progress=not args.no_progress, amp=args.amp,
                                    allow_partial=args.allow_partial, name=job.name, fingerprint=expected,
-                                   **dict(options, region=job.region, slide_mpp=job.mpp))
+                                   **_slide_options(options, job))
         except Exception as exc:  # this input fails; the others are still segmented
             expected_kind = isinstance(exc, (OSError, ValueError))  # unreadable input, unwritable output, region
             message = str(exc) if expected_kind else f"{job.path}: {type(exc).__name__}: {exc}"
@@ -306,9 +312,25 @@ def _segment_share(args: argparse.Namespace, cfg, task: str, options: dict, rank
     return dict(fatal=None, status=status, errors=errors, fingerprints=fingerprints, classes=segmentor.classes)
 
 
+def _slide_options(options: dict, job) -> dict:
+    """segment_file's options for one input: the command line's, with the input's own region, mpp and mask.
+
+    A slide's own mask (a manifest's tissue_mask) applies even under --no-tissue-detection, as its other
+    columns override the command line.
+    """
+    return dict(options, region=job.region, slide_mpp=job.mpp, tissue_mask=job.tissue_mask,
+                tissue_detection=options["tissue_detection"] or job.tissue_mask is not None)
+
+
 def _job_options(args: argparse.Namespace, options: dict, job) -> dict:
-    """Everything that decides one input's outputs, for its fingerprint (see uniseg.inference.resume)."""
-    return dict(options, region=job.region, slide_mpp=job.mpp, amp=args.amp, allow_partial=args.allow_partial)
+    """Everything that decides one input's outputs, for its fingerprint (see uniseg.inference.resume),
+    the mask's content included: a redrawn mask under the same name must redo the slide."""
+    from uniseg.inference.resume import file_digest
+
+    given = _slide_options(options, job)
+    if given["tissue_mask"] is not None:
+        given["tissue_mask_sha256"] = file_digest(given["tissue_mask"])
+    return dict(given, amp=args.amp, allow_partial=args.allow_partial)
 
 
 def _conclude(args: argparse.Namespace, task: str, everyone: list, ranks) -> int:

@@ -1,20 +1,23 @@
 """A cohort of slides for ``tools/infer.py``: which slides (manifest, glob), which rank segments each.
 
 A cohort is a list of :class:`SlideJob`: a slide path with its optional region, microns-per-pixel
-override and output name. It comes from the command line's INPUTs, each of which is
+override, output name and tissue mask. It comes from the command line's INPUTs, each of which is
 
 * a manifest: a ``.txt`` file (one slide path a line; blank lines and ``#`` comments ignored) or a
   ``.csv`` file with a header row: ``path`` (required), ``region`` (``x,y,w,h`` in level-0 pixels),
-  ``mpp`` (the slide's microns per pixel at level 0, overriding its metadata) and ``name`` (the output
-  name, instead of the file stem); empty cells keep the command line's setting. Relative paths are
-  relative to the manifest's folder, so a manifest can travel with its slides;
+  ``mpp`` (the slide's microns per pixel at level 0, overriding its metadata), ``name`` (the output
+  name, instead of the file stem) and ``tissue_mask`` (this slide's mask, a binary image or a GeoJSON
+  of regions in level-0 pixels, instead of detecting its tissue); empty cells keep the command line's
+  setting. Relative paths (slides and masks) are relative to the manifest's folder, so a manifest can
+  travel with its slides;
 * a glob pattern (``'slides/*.svs'``, quoted so that the shell leaves it alone; ``**`` recurses),
   expanded in sorted order; a pattern matching nothing is an error naming it;
 * a slide path.
 
 A malformed manifest (unknown column, bad region, bad mpp, bad name) is a :class:`ManifestError` naming
-the file and the line, raised before any model is loaded; a missing or unreadable slide is not a
-manifest error: it fails on its own when its turn comes, and the other slides are still segmented.
+the file and the line, raised before any model is loaded; a missing or unreadable slide or tissue mask
+is not a manifest error (the file may be put right before the rerun): that slide fails on its own when
+its turn comes, and the other slides are still segmented.
 
 Sharding (:func:`shard`) is static and computed identically by every rank from the cohort alone, so
 ranks need not talk to each other until the end: largest slide first, each to the rank with the least
@@ -36,7 +39,7 @@ __all__ = ["ManifestError", "SlideJob", "MANIFEST_SUFFIXES", "MANIFEST_COLUMNS",
 #: INPUTs with these suffixes are manifests, not images
 MANIFEST_SUFFIXES = (".txt", ".csv")
 #: columns a CSV manifest may have (``path`` is required)
-MANIFEST_COLUMNS = ("path", "region", "mpp", "name")
+MANIFEST_COLUMNS = ("path", "region", "mpp", "name", "tissue_mask")
 _GLOB_CHARS = set("*?[")
 
 
@@ -46,13 +49,15 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide (or region of it) to segment; ``name`` is the output name every output starts with."""
+    """One slide (or region of it) to segment; ``name`` is the output name every output starts with;
+    ``tissue_mask`` the mask that replaces tissue detection for it (None: the command line's way)."""
 
     path: str
     name: str
     region: Optional[str] = None
     mpp: Optional[float] = None
     source: str = "command line"  # where it was listed: 'manifest.csv:3' or 'command line'
+    tissue_mask: Optional[str] = None
 
 
 def _check_region(text: str, where: str) -> str:
@@ -81,18 +86,24 @@ def _check_name(text: str, where: str) -> str:
     return text
 
 
+def _resolve(path: str, base: Path) -> str:
+    return path if os.path.isabs(path) else str(base / path)
+
+
 def _job(path: str, base: Path, region: Optional[str], mpp: Optional[float], name: Optional[str],
-         where: str) -> SlideJob:
+         where: str, tissue_mask: Optional[str] = None) -> SlideJob:
     from .api import output_stem
 
-    resolved = path if os.path.isabs(path) else str(base / path)
-    return SlideJob(resolved, name or output_stem(resolved, region), region, mpp, where)
+    resolved = _resolve(path, base)
+    return SlideJob(resolved, name or output_stem(resolved, region), region, mpp, where, tissue_mask)
 
 
-def read_manifest(manifest: str, region: Optional[str] = None, mpp: Optional[float] = None) -> List[SlideJob]:
+def read_manifest(manifest: str, region: Optional[str] = None, mpp: Optional[float] = None,
+                  tissue_mask: Optional[str] = None) -> List[SlideJob]:
     """The slides a ``.txt`` or ``.csv`` manifest lists (see the module docstring), in its order.
 
-    ``region`` and ``mpp`` are the command line's settings, kept where a row leaves them empty.
+    ``region``, ``mpp`` and ``tissue_mask`` are the command line's settings, kept where a row leaves
+    them empty.
     """
     path = Path(manifest)
     base = path.parent
@@ -107,7 +118,7 @@ def read_manifest(manifest: str, region: Optional[str] = None, mpp: Optional[flo
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
-                jobs.append(_job(line, base, region, mpp, None, f"{manifest}:{number}"))
+                jobs.append(_job(line, base, region, mpp, None, f"{manifest}:{number}", tissue_mask))
     else:
         rows = csv.reader(text.splitlines())
         header = [h.strip().lower() for h in next(rows, [])]
@@ -130,14 +141,17 @@ def read_manifest(manifest: str, region: Optional[str] = None, mpp: Optional[flo
             jobs.append(_job(cells["path"], base,
                              _check_region(cells["region"], where) if cells.get("region") else region,
                              _check_mpp(cells["mpp"], where) if cells.get("mpp") else mpp,
-                             _check_name(cells["name"], where) if cells.get("name") else None, where))
+                             _check_name(cells["name"], where) if cells.get("name") else None, where,
+                             _resolve(cells["tissue_mask"], base) if cells.get("tissue_mask") else tissue_mask))
     if not jobs:
         raise ManifestError(f"{manifest}: the manifest lists no slides")
     return jobs
 
 
-def expand_inputs(inputs: Sequence[str], region: Optional[str] = None, mpp: Optional[float] = None) -> List[SlideJob]:
-    """The cohort of the command line's INPUTs: manifests read, patterns expanded, paths as they are.
+def expand_inputs(inputs: Sequence[str], region: Optional[str] = None, mpp: Optional[float] = None,
+                  tissue_mask: Optional[str] = None) -> List[SlideJob]:
+    """The cohort of the command line's INPUTs: manifests read, patterns expanded, paths as they are;
+    ``region``, ``mpp`` and ``tissue_mask`` are the command line's settings (see :func:`read_manifest`).
 
     Raises :class:`ManifestError` for a bad manifest or a pattern that matches nothing, and ``ValueError``
     (from :func:`~uniseg.inference.api.check_distinct_names`) when two slides would share an output name.
@@ -147,14 +161,14 @@ def expand_inputs(inputs: Sequence[str], region: Optional[str] = None, mpp: Opti
     jobs: List[SlideJob] = []
     for item in inputs:
         if Path(item).suffix.lower() in MANIFEST_SUFFIXES:
-            jobs.extend(read_manifest(item, region, mpp))
+            jobs.extend(read_manifest(item, region, mpp, tissue_mask))
         elif _GLOB_CHARS & set(item) and not os.path.exists(item):
             matches = sorted(m for m in glob.glob(item, recursive=True) if os.path.isfile(m))
             if not matches:
                 raise ManifestError(f"{item}: this INPUT pattern matches no file")
-            jobs.extend(_job(m, Path("."), region, mpp, None, f"pattern {item}") for m in matches)
+            jobs.extend(_job(m, Path("."), region, mpp, None, f"pattern {item}", tissue_mask) for m in matches)
         else:
-            jobs.append(_job(item, Path("."), region, mpp, None, "command line"))
+            jobs.append(_job(item, Path("."), region, mpp, None, "command line", tissue_mask))
     check_distinct_names([(job.path if job.source == "command line" else f"{job.path} ({job.source})", job.name)
                           for job in jobs])
     return jobs

@@ -10,7 +10,9 @@ the SHA-256 of
 * every option that can change the outputs: formats, region, level / mpp, slide mpp, tile, stride,
   window, tissue threshold, export options, amp, allow-partial, the cell options, and any option added
   later (options are in unless listed in :data:`NOT_IN_FINGERPRINT`, so a new option can cause a redo,
-  never a wrong skip).
+  never a wrong skip);
+* a user's tissue mask by its path and by the SHA-256 of its bytes (:func:`file_digest`): a redrawn
+  annotation under the same name redoes the slide. Masks are small, so hashing them on every run is cheap.
 
 Not in it (:data:`NOT_IN_FINGERPRINT`): the batch size, reader workers, the device and progress
 display, which change how fast, not what (a different batch size or device can change the last bits of
@@ -34,8 +36,8 @@ from typing import Mapping, Optional
 
 from ..utils.atomic import atomic_output
 
-__all__ = ["NOT_IN_FINGERPRINT", "config_digest", "fingerprint", "SlideState", "slide_state", "failure_name",
-           "record_failure", "clear_failure"]
+__all__ = ["NOT_IN_FINGERPRINT", "config_digest", "file_digest", "fingerprint", "SlideState", "slide_state",
+           "failure_name", "record_failure", "clear_failure"]
 
 #: options of segment_file / tools/infer.py that do not change the outputs (see the module docstring)
 NOT_IN_FINGERPRINT = frozenset({"batch_size", "progress", "device", "num_workers", "workers", "name"})
@@ -58,6 +60,19 @@ def config_digest(cfg) -> str:
     """Hex SHA-256 of a resolved config (an mmengine ``Config`` or a dict): every value, not the file name."""
     config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     return hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()
+
+
+def file_digest(path) -> Optional[str]:
+    """Hex SHA-256 of a file's bytes, or None when it cannot be read (the run then fails on that file and
+    says why; a fingerprint with None never matches one of a readable file)."""
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+    except OSError:
+        return None
+    return sha.hexdigest()
 
 
 def fingerprint(config_sha: str, weights_digest: str, options: Mapping) -> str:
