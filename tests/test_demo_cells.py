@@ -31,7 +31,7 @@ def test_demo_cells_trains_scores_and_exports(tmp_path):
     cells = work / "cells"
     summary = json.loads((cells / "nuclei_tl_cells_summary.json").read_text())
     assert sorted(Path(p).name for p in summary["outputs"]) == sorted(
-        ["nuclei_tl_cells.geojson", "nuclei_tl_cells.csv", "nuclei_tl_cells.tif"])
+        ["nuclei_tl_cells.geojson", "nuclei_tl_cells.csv", "nuclei_tl_cells.tif", "nuclei_tl_cells_tissue.png"])
     with open(cells / "nuclei_tl_cells.csv", newline="") as f:
         table = list(csv.DictReader(f))
     features = json.loads((cells / "nuclei_tl_cells.geojson").read_text())["features"]
