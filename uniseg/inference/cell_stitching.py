@@ -251,21 +251,17 @@ class _StitchRun:
     def _predict(self, batch: WindowBatch) -> List[Optional[InstanceMap]]:
         """Predictions for a batch; ``None`` for windows not selected or skipped by the tissue test."""
         cfg = self.cfg
-        keep = batch.selected.copy()
-        tiles = batch.tiles
-        if cfg.tissue_threshold is not None:
-            keep[keep] = [tissue_fraction(t) >= cfg.tissue_threshold for t in tiles]
+        keep, tiles = batch.to_run(cfg.tissue_threshold)
         results: List[Optional[InstanceMap]] = [None] * len(batch.xs)
         if keep.any():
-            run = keep[batch.selected]
-            predicted = list(cfg.predictor.predict(tiles if run.all() else tiles[run]))
+            predicted = list(cfg.predictor.predict(tiles))
             if len(predicted) != int(keep.sum()):
                 raise ValueError(f"{type(cfg.predictor).__name__}.predict returned {len(predicted)} results for "
                                  f"{int(keep.sum())} windows")
             for index, instances in zip(np.flatnonzero(keep).tolist(), predicted):
-                if not isinstance(instances, InstanceMap) or instances.ids.shape != tiles.shape[1:3]:
+                if not isinstance(instances, InstanceMap) or instances.ids.shape != batch.shape:
                     raise ValueError(f"{type(cfg.predictor).__name__}.predict must return one InstanceMap of the "
-                                     f"window size {tiles.shape[1:3]} per window, got "
+                                     f"window size {batch.shape} per window, got "
                                      f"{getattr(getattr(instances, 'ids', None), 'shape', type(instances).__name__)}")
                 results[index] = instances
         self.skipped.update((self.window_index + np.flatnonzero(~keep)).tolist())

@@ -26,7 +26,6 @@ from torch import nn
 from .options import check_num_workers, check_pair, check_window_options
 from .ordered_writer import OrderedWriter
 from .tiling import DEFAULT_WINDOW, TileGrid, blend_window
-from .tissue import tissue_fraction
 from .window_reader import PipelineTimes, RecentRows, WindowBatch, WindowReader
 
 __all__ = ["SlidingWindowInferencer", "InferenceStats", "ImageSource", "ArraySource", "progress_bar"]
@@ -199,18 +198,10 @@ class SlidingWindowInferencer:
     def _scores_for(self, batch: WindowBatch) -> Tuple[torch.Tensor, int]:
         """Model scores for a batch of windows; unselected windows and windows without tissue get certain
         background."""
-        keep = batch.selected.copy()
-        tiles = batch.tiles
-        if self.tissue_threshold is not None:
-            keep[keep] = [tissue_fraction(t) >= self.tissue_threshold for t in tiles]
-        scores = torch.zeros(len(batch.xs), self.num_classes, *tiles.shape[1:3], device=self.device)
+        keep, pixels = batch.to_run(self.tissue_threshold)
+        scores = torch.zeros(len(batch.xs), self.num_classes, *batch.shape, device=self.device)
         scores[~torch.from_numpy(keep), self.background_index] = 1.0
         if keep.any():
-            run = keep[batch.selected]  # of the windows read, the ones to run
-            if run.all():
-                pixels = batch.tensor if batch.tensor is not None else tiles
-            else:
-                pixels = tiles[run]
             scores[torch.from_numpy(keep)] = self.predict_tiles(pixels)
         return scores, int((~keep).sum())
 

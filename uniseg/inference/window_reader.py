@@ -37,13 +37,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..io.slide import white
 from .tiling import TileGrid
+from .tissue import tissue_fraction
 
 __all__ = ["WindowBatch", "RowWindows", "RecentRows", "WindowReader", "PipelineTimes", "check_select"]
 
@@ -82,6 +83,23 @@ class WindowBatch:
         if not self.windows:
             return np.zeros((0, *self.shape, 3), np.uint8)
         return np.stack(self.windows)
+
+    def to_run(self, tissue_threshold: Optional[float] = None) -> Tuple[np.ndarray, Union[np.ndarray, torch.Tensor]]:
+        """Which of the batch's windows go to the model, and their pixels.
+
+        ``keep`` (one per window of ``xs``): selected and, with a ``tissue_threshold``, holding at
+        least that fraction of tissue by :func:`~uniseg.inference.tissue.tissue_fraction`. The
+        pixels are those of the kept windows: the pinned tensor when every window read is kept,
+        else a numpy array.
+        """
+        keep = self.selected.copy()
+        tiles = self.tiles
+        if tissue_threshold is not None:
+            keep[keep] = [tissue_fraction(t) >= tissue_threshold for t in tiles]
+        run = keep[self.selected]  # of the windows read, the ones to run
+        if run.all():
+            return keep, self.tensor if self.tensor is not None else tiles
+        return keep, tiles[run]
 
 
 @dataclass
