@@ -299,13 +299,14 @@ def prepare_output_folder(out_dir: str) -> Path:
     return out
 
 
-def _read_summary(path: Path) -> Optional[dict]:
-    """An earlier run's summary, or None when there is none or it cannot be read as one."""
+def _read_json_object(path: Path) -> Optional[dict]:
+    """An earlier run's JSON record (a summary, an error record), or None when there is none or it cannot be
+    read as one."""
     try:
-        summary = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _earlier_outputs(out: Path, stem: str, keep: Sequence[Path], task: str) -> List[Path]:
@@ -316,7 +317,7 @@ def _earlier_outputs(out: Path, stem: str, keep: Sequence[Path], task: str) -> L
     unreadable summary lists nothing.
     """
     table, _ = format_table(task)
-    earlier = _read_summary(out / summary_name(stem, task))
+    earlier = _read_json_object(out / summary_name(stem, task))
     listed = earlier.get("outputs") if earlier else None
     if not isinstance(listed, list):
         return []
@@ -346,7 +347,7 @@ def _check_summary_owner(out: Path, stem: str, task: str, path: str) -> None:
     files with the second's. Re-running the same task replaces its own set, as documented.
     """
     summary_path = out / summary_name(stem, task)
-    earlier = _read_summary(summary_path)
+    earlier = _read_json_object(summary_path)
     if earlier is None:
         return  # none, or unreadable: nothing to protect that can be told apart
     earlier_task = earlier.get("task", "semantic")

@@ -99,14 +99,6 @@ class SlideState:
     record: dict = field(default_factory=dict)
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _same_input(recorded, path: str) -> bool:
     return recorded is not None and os.path.realpath(str(recorded)) == os.path.realpath(path)
 
@@ -120,16 +112,16 @@ def _output_present(out: Path, listed: str) -> bool:
 
 def slide_state(out_dir, name: str, task: str, path: str, expected: str) -> SlideState:
     """What ``out_dir`` holds for output name ``name`` of input ``path``, against fingerprint ``expected``."""
-    from .api import summary_name
+    from .api import _read_json_object, summary_name
 
     out = Path(out_dir)
-    summary = _read_json(out / summary_name(name, task))
+    summary = _read_json_object(out / summary_name(name, task))
     if summary is not None:
         listed = summary.get("outputs")
         if (summary.get("fingerprint") == expected and _same_input(summary.get("input"), path)
                 and isinstance(listed, list) and all(_output_present(out, str(p)) for p in listed)):
             return SlideState("complete", summary)
-    record = _read_json(out / failure_name(name, task))
+    record = _read_json_object(out / failure_name(name, task))
     if record is not None and _same_input(record.get("input"), path):
         return SlideState("failed", summary, str(record.get("error", "")), record)
     return SlideState("absent", summary)
