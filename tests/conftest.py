@@ -24,6 +24,15 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def svs_path() -> Path:
+    """The shipped real whole-slide file (data/wsi), read by the slide-reader tests."""
+    svs = REPO_ROOT / "data" / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.fail(f"test slide {svs} is missing; see data/README.md for how to re-obtain it")
+    return svs
+
+
+@pytest.fixture(scope="session")
 def _tiny_model_cfg():
     from mmengine.config import Config
 

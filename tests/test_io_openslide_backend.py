@@ -21,15 +21,7 @@ from uniseg.io.openslide_backend import OpenSlideReader, _rgba_on_white
 from uniseg.io.tiff import TiffSlideReader
 from uniseg.utils.imageio import ImageReadError
 
-SVS = Path(__file__).resolve().parents[1] / "data" / "wsi" / "CMU-1-Small-Region.svs"
 WIDTH, HEIGHT = 2220, 2967
-
-
-@pytest.fixture(scope="module")
-def svs_path() -> Path:
-    if not SVS.is_file():
-        pytest.fail(f"test slide {SVS} is missing; see data/README.md for how to re-obtain it")
-    return SVS
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +97,7 @@ def test_transparent_pixels_become_white(readers) -> None:
 
 def test_partial_alpha_is_blended_with_white() -> None:
     """Partially transparent pixels (alpha 1..254) occur in MIRAX/Ventana slides where scanned areas
-    are blended; no such slide can ship with the tests and the SVS above has only alpha 0 and 255,
+    are blended; no such slide can ship with the tests and the shipped SVS has only alpha 0 and 255,
     so this case is checked on a made-up RGBA array: OpenSlide's RGBA is un-premultiplied, hence
     ``rgb * a + 255 * (1 - a)``."""
     rgba = np.zeros((2, 3, 4), np.uint8)

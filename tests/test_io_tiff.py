@@ -11,15 +11,7 @@ import tifffile
 from uniseg.io.tiff import TiffSlideReader
 from uniseg.utils.imageio import ImageReadError
 
-SVS = Path(__file__).resolve().parents[1] / "data" / "wsi" / "CMU-1-Small-Region.svs"
 MPP = 0.499
-
-
-@pytest.fixture(scope="module")
-def svs_path() -> Path:
-    if not SVS.is_file():
-        pytest.fail(f"test slide {SVS} is missing; see data/README.md for how to re-obtain it")
-    return SVS
 
 
 @pytest.fixture(scope="module")
